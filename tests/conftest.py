@@ -1,0 +1,53 @@
+"""Tiny random models of each supported architecture, built from configs (no download)."""
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+VOCAB = 96
+
+
+def tiny_gpt_neox(**kw):
+    cfg = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**cfg)).eval()
+
+
+def tiny_gpt2(**kw):
+    cfg = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+               bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+
+
+def tiny_llama(**kw):
+    """LLaMA with grouped-query attention and tied embeddings, as SmolLM2."""
+    cfg = dict(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+               num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
+               tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+TINY = {"gpt_neox": tiny_gpt_neox, "gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_model(request):
+    torch.manual_seed(0)
+    return TINY[request.param]()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own capgap cache so nothing leaks between tests or from the user."""
+    monkeypatch.setenv("CAPGAP_CACHE", str(tmp_path_factory.mktemp("capgap_cache")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
