@@ -1,0 +1,74 @@
+"""The two pictures of the study: capacity-gap curves and the fitted law.
+
+Figures are built with matplotlib.figure.Figure, not pyplot: no global backend state, so
+they save from a headless sweep and still display inline in a notebook.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from capgap.law.fit import PAPER, Fit
+from capgap.law.sizes import format_size
+
+M = 1e6  # axes in millions of parameters, as the paper
+
+
+def figures(fit: Fit) -> dict[str, Figure]:
+    """{"capacity_gap": …, "law": …}, for saving or for logging to TensorBoard."""
+    return {"capacity_gap": curves_figure(fit), "law": law_figure(fit)}
+
+
+def curves_figure(fit: Fit) -> Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for s in fit.sizes:
+        (line,) = ax.plot(s.teachers / M, s.values, "o-", label=f"student {format_size(s.student)}")
+        ax.plot([s.optimum / M], [s.optimum_value], "*", ms=14, color=line.get_color(),
+                markeredgecolor="k", gid="optimum")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher parameters (M)")
+    ax.set_ylabel(f"student {fit.metric}")
+    ax.set_title("capacity gap: student quality against teacher size (★ optimum)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def law_figure(fit: Fit) -> Figure:
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    S = np.array([s.student for s in fit.sizes])
+    T = np.array([s.optimum for s in fit.sizes])
+    ci = np.array([s.ci for s in fit.sizes]).T
+    ax.errorbar(S / M, T / M, yerr=np.abs(ci - T) / M, fmt="o", color="k", capsize=3,
+                label="optimal teacher (95% CI)")
+    grid = np.linspace(0, S.max() * 1.15, 100)
+    band = fit.samples[:, :1] * grid + fit.samples[:, 1:]
+    ax.fill_between(grid / M, *np.quantile(band, [0.025, 0.975], axis=0) / M, alpha=0.25,
+                    label="fit 95% band")
+    ax.plot(grid / M, (fit.a * grid + fit.b) / M, "-",
+            label=f"fit T* = {fit.a:.2f}·S {'+-'[fit.b < 0]} {abs(fit.b) / M:.1f}M, R² {fit.r2:.3f}")
+    ax.plot(grid / M, (PAPER["a"] * grid + PAPER["b"]) / M, "--", color="gray",
+            label=f"paper T* = {PAPER['a']}·S − {-PAPER['b'] / M}M")
+    ax.set_xlabel("student parameters S (M)")
+    ax.set_ylabel("optimal teacher parameters T* (M)")
+    ax.set_title("law of capacity gap")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_plots(fit: Fit, out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures(fit).items():
+        paths.append(out_dir / f"{name}.png")
+        fig.savefig(paths[-1], dpi=120)
+    return paths
