@@ -1,0 +1,53 @@
+"""`task=` picks what one job does. Each task module has `run(cfg, run_dir) -> dict` of
+plain floats/strings; `objective` (lower is better) is what Hydra gets back."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from capgap.errors import CapgapError
+
+TASKS = {
+    "pretrain": "capgap.tasks.pretrain",
+}
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _quiet_lightning_handlers() -> None:
+    # Lightning adds its own console handler and also propagates to Hydra's: every line twice
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+
+
+def run_task(cfg) -> dict:
+    _quiet_lightning_handlers()
+    if cfg.task not in TASKS:
+        raise CapgapError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
+    module = importlib.import_module(TASKS[cfg.task])
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        metrics = module.run(cfg, run_dir)
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        return metrics
+    finally:
+        # in a multirun every job runs in this one process: free its models before the next
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,61 @@
+"""The LightningDataModule every task trains and evaluates on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from capgap.data import token_cache
+from capgap.data.blocks import PackedBlocks
+from capgap.errors import CapgapError
+
+
+class CorpusDataModule(L.LightningDataModule):
+    def __init__(self, tokenizer, data_cfg, cache_dir: str | Path, batch_size: int = 16,
+                 block_size: int = 128, num_workers: int = 0, seed: int = 0,
+                 eval_batches: int | None = None):
+        super().__init__()
+        self.tokenizer, self.data_cfg = tokenizer, data_cfg
+        self.cache_dir, self.batch_size, self.block_size = Path(cache_dir), batch_size, block_size
+        self.num_workers, self.seed, self.eval_batches = num_workers, seed, eval_batches
+        self.tokenized = False  # whether this module had to tokenize (tests check the cache)
+        self.folder: Path | None = None
+
+    def prepare_data(self):
+        self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
+
+    def setup(self, stage: str | None = None):
+        if self.folder is None:
+            self.prepare_data()
+        self.meta, self.streams = token_cache.load(self.folder)
+        if self.meta["vocab_size"] > len(self.tokenizer):
+            raise CapgapError(f"token cache {self.folder} was built with a bigger vocabulary")
+        for split, stream in self.streams.items():
+            if self.block_size > len(stream):
+                raise CapgapError(
+                    f"data.block_size={self.block_size} is longer than the {split} split of the "
+                    f"corpus ({len(stream)} tokens); lower it or give more text")
+        eos = self.meta["eos_token_id"]
+        self.train_set = PackedBlocks(self.streams["train"], self.block_size, eos)
+        self.val_set = PackedBlocks(self.streams["val"], self.block_size, eos)
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * self.block_size
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+                          drop_last=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        val = self.val_set
+        if self.eval_batches:
+            # a fixed prefix of the validation blocks keeps periodic evaluation cheap and comparable
+            n = min(len(val), self.eval_batches * self.batch_size)
+            val = torch.utils.data.Subset(val, range(n))
+        return DataLoader(val, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

