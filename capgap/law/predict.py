@@ -38,8 +38,9 @@ def pick_teacher(target: float, student: float, zoo: list[dict]) -> dict | None:
     """The zoo model nearest T* on a log scale (the capacity-gap curve is ~symmetric in
     log T), among those bigger than the student; None if none is bigger."""
     bigger = [t for t in zoo if t["params"] > student]
-    if not bigger or target <= 0:
-        return max(bigger, key=lambda t: t["params"], default=None) if bigger else None
+    if not bigger:
+        return None
+    target = max(target, student)  # a law below S still means: the smallest teacher above S
     return min(bigger, key=lambda t: abs(math.log(t["params"] / target)))
 
 
@@ -50,12 +51,11 @@ def predict(student, fit: Fit | None = None, zoo: list[dict] | None = None) -> d
     if fit is None:
         t, lo, hi = PAPER["a"] * s + PAPER["b"], math.nan, math.nan
         source = f"the paper's fit (T* = {PAPER['a']}·S − {-PAPER['b'] / 1e6}M): no results of your own yet"
-        fitted = (40e6, 1.5e9)  # roughly the student sizes the paper's pilot spanned
     else:
         t, lo, hi = fit.predict(s)
         source = f"your fit over {len(fit.sizes)} student sizes (T* = {fit.a:.3f}·S {'+-'[fit.b < 0]} {abs(fit.b) / 1e6:.3f}M)"
         fitted = (min(z.student for z in fit.sizes), max(z.student for z in fit.sizes))
-    if not fitted[0] * 0.5 <= s <= fitted[1] * 2:
+    if fit is not None and not fitted[0] * 0.5 <= s <= fitted[1] * 2:
         notes.append(f"{format_size(s)} is outside the fitted student range "
                      f"{format_size(fitted[0])}–{format_size(fitted[1])}: extrapolating")
     if t <= s:
