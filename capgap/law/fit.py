@@ -84,7 +84,7 @@ class SizeFit:
     optimum: float  # refined by the parabola, or the best measured one at an edge
     optimum_value: float
     at_edge: bool
-    ci: tuple[float, float] = (np.nan, np.nan)
+    ci: tuple[float, float] = (np.nan, np.nan)  # over seeds; NaN with one seed per teacher
 
 
 @dataclass
@@ -115,7 +115,8 @@ class Fit:
             "higher_is_better": self.higher_is_better,
             "sizes": [{"student_params": s.student, "teacher_params": s.teachers.tolist(),
                        "metric": s.values.tolist(), "best_measured": s.best,
-                       "optimum": s.optimum, "optimum_ci95": list(s.ci),
+                       "optimum": s.optimum,
+                       "optimum_ci95": None if np.isnan(s.ci[0]) else list(s.ci),
                        "k": s.optimum / s.student, "at_edge": s.at_edge} for s in self.sizes],
             "law": {"a": self.a, "b": self.b, "r2": self.r2, "a_ci95": list(a_ci),
                     "b_ci95": list(b_ci), "k_mean": float(np.mean([s.optimum / s.student
@@ -137,7 +138,7 @@ class Fit:
                  f"{'student':>9} {'teachers':>8} {'best T':>8} {self.metric[:10]:>10} "
                  f"{'T* refined':>10} {'95% CI':>17} {'k=T*/S':>7}  note"]
         for s in self.sizes:
-            ci = f"[{format_size(s.ci[0])}, {format_size(s.ci[1])}]"
+            ci = "1 seed" if np.isnan(s.ci[0]) else f"[{format_size(s.ci[0])}, {format_size(s.ci[1])}]"
             note = "optimum at the edge of the teachers measured" if s.at_edge else ""
             lines.append(f"{format_size(s.student):>9} {len(s.teachers):>8} {format_size(s.best):>8}"
                          f" {s.best_value:>10.4g} {format_size(s.optimum):>10} {ci:>17}"
@@ -226,7 +227,9 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
     for j, (size, cell) in enumerate(zip(sizes, cells)):
         means = np.stack([c[rng.integers(0, len(c), (n_boot, len(c)))].mean(1) for c in cell], 1)
         boot_t[:, j] = [optimum(size.teachers, m)[1] for m in means]
-        size.ci = (float(np.quantile(boot_t[:, j], 0.025)), float(np.quantile(boot_t[:, j], 0.975)))
+        if any(len(c) > 1 for c in cell):  # one seed per teacher: no run-to-run spread to show
+            size.ci = (float(np.quantile(boot_t[:, j], 0.025)),
+                       float(np.quantile(boot_t[:, j], 0.975)))
     samples = []
     for i in range(n_boot):
         pick = rng.integers(0, len(sizes), len(sizes))

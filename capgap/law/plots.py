@@ -45,7 +45,7 @@ def law_figure(fit: Fit) -> Figure:
     S = np.array([s.student for s in fit.sizes])
     T = np.array([s.optimum for s in fit.sizes])
     ci = np.array([s.ci for s in fit.sizes]).T
-    ax.errorbar(S / M, T / M, yerr=np.abs(ci - T) / M, fmt="o", color="k", capsize=3,
+    ax.errorbar(S / M, T / M, yerr=np.nan_to_num(np.abs(ci - T)) / M, fmt="o", color="k", capsize=3,
                 label="optimal teacher (95% CI)")
     grid = np.linspace(0, S.max() * 1.15, 100)
     band = fit.samples[:, :1] * grid + fit.samples[:, 1:]
