@@ -1,0 +1,56 @@
+"""Sizes parse as people write them; predict picks a sensible zoo teacher."""
+
+import pytest
+from law_data import law_rows
+
+from capgap.errors import CapgapError
+from capgap.law.fit import fit, points_from_rows
+from capgap.law.predict import load_zoo, parse_size, predict
+from capgap.law.sizes import format_size
+
+
+@pytest.mark.parametrize("text,n", [("3B", 3_000_000_000), ("30M", 30_000_000),
+                                    ("1.2B", 1_200_000_000), ("135000000", 135_000_000),
+                                    ("135_000_000", 135_000_000), ("500k", 500_000),
+                                    (70_426_624, 70_426_624), ("1.5e9", 1_500_000_000)])
+def test_parse_size(text, n):
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("bad", ["3Q", "", "-5M", "M", "0", True])
+def test_parse_size_rejects(bad):
+    with pytest.raises(CapgapError):
+        parse_size(bad)
+
+
+def test_format_size():
+    assert format_size(162_322_944) == "162M" and format_size(1_414_647_808) == "1.41B"
+
+
+ZOO = [{"name": "p70m", "params": 70_000_000, "family": "p"},
+       {"name": "p160m", "params": 160_000_000, "family": "p"},
+       {"name": "p410m", "params": 410_000_000, "family": "p"}]
+
+
+def test_predict_without_results_uses_the_paper():
+    p = predict("30M", zoo=ZOO)
+    assert p["optimal_teacher"] == pytest.approx(2.498 * 30e6 - 11.498e6)
+    assert "paper" in p["source"] and p["teacher"]["name"] == "p70m"
+
+
+def test_predict_from_a_fit_has_an_interval():
+    result = fit(points_from_rows(law_rows(), "test"), n_boot=200)
+    p = predict("60M", result, ZOO)
+    lo, hi = p["ci95"]
+    assert lo < p["optimal_teacher"] < hi and p["optimal_teacher"] == pytest.approx(140e6, rel=0.1)
+    assert p["teacher"]["name"] == "p160m"
+    assert predict("500M", result, ZOO)["teacher"] is None  # no zoo model is bigger
+
+
+def test_zoo_reads_teacher_configs(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\nfamily: x\nparams: 70426624\n")
+    (tmp_path / "b.yaml").write_text("name: b\nparams: 1.4B\n")
+    (tmp_path / "c.yaml").write_text("name: c\n")  # no size: not pickable
+    assert [(t["name"], t["params"]) for t in load_zoo(tmp_path)] == [("a", 70426624),
+                                                                    ("b", 1_400_000_000)]
+    assert [t["name"] for t in load_zoo(tmp_path, family="x")] == ["a"]
