@@ -19,9 +19,8 @@ def select(module: nn.Module, dim: str, idx: torch.Tensor) -> None:
     """
     def keep(name, axis):
         p = getattr(module, name, None)
-        if p is not None:
-            setattr(module, name, nn.Parameter(p.index_select(axis, idx.to(p.device)),
-                                               requires_grad=p.requires_grad))
+        if p is not None:  # a fresh, trainable Parameter: the cut model is a student to train
+            setattr(module, name, nn.Parameter(p.detach().index_select(axis, idx.to(p.device))))
 
     n = len(idx)
     if isinstance(module, nn.Linear):

@@ -1,0 +1,199 @@
+"""Expressiveness scores I = E|∂L/∂mask|, their disk cache, and the baselines.
+
+L is the teacher's own LM cross-entropy on its training data; no weight moves. Each
+layer's score vector is divided by its L2 norm so layers compete fairly in a global
+ranking. One scoring serves every sparsity of a teacher: it is cached under
+(teacher, data, N, method).
+"""
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from capgap.errors import CapgapError
+from capgap.models.adapters import adapter_for
+from capgap.models.adapters.base import linear_weight
+from capgap.prune.masks import Masks, applied
+
+METHODS = ("expressiveness", "random", "magnitude")
+
+
+@dataclass
+class Scores:
+    heads: torch.Tensor    # [layers, key/value groups]
+    neurons: torch.Tensor  # [layers, FFN neurons]
+    hidden: torch.Tensor   # [hidden]
+    method: str
+    raw: dict = field(default_factory=dict, repr=False)  # before normalisation, for inspection
+
+    def to_dict(self) -> dict:
+        return {"heads": self.heads, "neurons": self.neurons, "hidden": self.hidden,
+                "method": self.method, "raw": self.raw}
+
+
+def normalise(t: torch.Tensor) -> torch.Tensor:
+    """Each layer's (row's) scores over their L2 norm."""
+    return t / t.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(t.dtype).tiny)
+
+
+def _scores(method, heads, neurons, hidden) -> Scores:
+    raw = {"heads": heads, "neurons": neurons, "hidden": hidden}
+    return Scores(normalise(heads), normalise(neurons), normalise(hidden), method, raw)
+
+
+def _lm_inputs(batch: dict, device) -> dict:
+    keys = ("input_ids", "labels", "attention_mask")
+    return {k: batch[k].to(device) for k in keys if batch.get(k) is not None}
+
+
+@contextmanager
+def frozen(model):
+    """No weight gets a gradient (or moves) while scoring; restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class ScoreAccumulator:
+    """Masks hooked into the model and running sums of |∂L/∂mask|, one batch at a time.
+
+    Split into loss() and collect() so a LightningModule can do the backward in between.
+    """
+
+    def __init__(self, model):
+        self.model, self.adapter = model, adapter_for(model)
+        self.masks = Masks(self.adapter)
+        self.sums = [torch.zeros(t.shape, device=t.device) for t in self.masks.tensors()]
+        self.batches = 0
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        self.model.eval()  # dropout off: score the teacher as it predicts
+        device = self.masks.hidden.device
+        with applied(self.masks, self.adapter):
+            return self.model(**_lm_inputs(batch, device)).loss
+
+    def collect(self) -> None:
+        # |.| per batch, then the mean: E|∂L/∂m|, not |E ∂L/∂m| (signs would cancel)
+        for s, t in zip(self.sums, self.masks.tensors()):
+            s += t.grad.abs().float()
+            t.grad = None
+        self.batches += 1
+
+    def result(self) -> Scores:
+        mean = [s / max(self.batches, 1) for s in self.sums]
+        if dist.is_available() and dist.is_initialized():
+            for t in mean:  # every rank saw its own N batches: average the ranks' means
+                dist.all_reduce(t)
+                t /= dist.get_world_size()
+        return _scores("expressiveness", *[t.cpu() for t in mean])
+
+
+def expressiveness(model, batches, n_batches: int) -> Scores:
+    """Score without Lightning: N forward/backward passes of the teacher's LM loss."""
+    acc = ScoreAccumulator(model)
+    with frozen(model):
+        for _, batch in zip(range(n_batches), batches):
+            acc.loss(batch).backward()
+            acc.collect()
+    if acc.batches < n_batches:
+        raise CapgapError(f"prune.n_batches={n_batches} but the data gave only {acc.batches} batches")
+    return acc.result()
+
+
+def random_scores(model, seed: int = 0) -> Scores:
+    a = adapter_for(model)
+    g = torch.Generator().manual_seed(seed)
+    L = len(a.layers())
+    return _scores("random", torch.rand(L, a.n_groups, generator=g),
+                   torch.rand(L, a.n_neurons(a.layers()[0]), generator=g), torch.rand(a.hidden, generator=g))
+
+
+@torch.no_grad()
+def magnitude_scores(model) -> Scores:
+    """L2 norm of the weights each unit writes with: its columns of the output projection
+    (heads, neurons) and its column of the token embedding (hidden dims)."""
+    a = adapter_for(model)
+    heads, neurons = [], []
+    for layer in a.layers():
+        w = linear_weight(a.attn_out(layer)).float()
+        heads.append(w.reshape(w.shape[0], a.n_groups, -1).norm(dim=(0, 2)))
+        neurons.append(linear_weight(a.ffn_out(layer)).float().norm(dim=0))
+    hidden = model.get_input_embeddings().weight.float().norm(dim=0)
+    return _scores("magnitude", torch.stack(heads).cpu(), torch.stack(neurons).cpu(), hidden.cpu())
+
+
+@torch.no_grad()
+def block_influence(model, batches, n_batches: int) -> torch.Tensor:
+    """ShortGPT's BI per layer: 1 − cos(layer input, layer output), mean over tokens."""
+    a = adapter_for(model)
+    layers = a.layers()
+    sums = torch.zeros(len(layers))
+    count = 0
+
+    def hook(i):
+        def fn(module, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = out[0] if isinstance(out, tuple) else out
+            sums[i] += (1 - torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)).mean().cpu()
+        return fn
+
+    handles = [l.register_forward_hook(hook(i), with_kwargs=True) for i, l in enumerate(layers)]
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        for _, batch in zip(range(n_batches), batches):
+            model(**{k: v for k, v in _lm_inputs(batch, device).items() if k != "labels"})
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return sums / max(count, 1)
+
+
+def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "expressiveness") -> Path:
+    key = json.dumps({"teacher": teacher_id, "data": data_id, "n_batches": n_batches, "method": method},
+                     sort_keys=True)
+    root = Path(os.environ.get("CAPGAP_CACHE") or Path.home() / ".cache" / "capgap")
+    return root / "scores" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def save_scores(scores: Scores, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(scores.to_dict(), tmp)
+    os.replace(tmp, path)  # a reader sees the old file or the whole new one, never half
+
+
+def load_scores(path: Path) -> Scores:
+    return Scores(**torch.load(path, weights_only=True))
+
+
+def get_scores(model, batches=None, *, method: str = "expressiveness", teacher_id: str = "",
+               data_id: str = "", n_batches: int = 0, seed: int = 0) -> Scores:
+    """Scores for pruning `model`; expressiveness is computed once per (teacher, data, N)."""
+    if method == "random":
+        return random_scores(model, seed)
+    if method == "magnitude":
+        return magnitude_scores(model)
+    if method != "expressiveness":
+        raise CapgapError(f"prune.method={method} is not one of {', '.join(METHODS)}")
+    if n_batches < 1:
+        raise CapgapError(f"prune.n_batches={n_batches} must be at least 1")
+    path = cache_path(teacher_id, data_id, n_batches)
+    if path.is_file():
+        return load_scores(path)
+    scores = expressiveness(model, batches, n_batches)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        save_scores(scores, path)
+    return scores

@@ -1,0 +1,106 @@
+"""Plan → a model with really smaller tensors; save it atomically; load it back.
+
+A uniform plan (every layer the same width, and a shape the stock HF class can build)
+reloads with plain AutoModelForCausalLM.from_pretrained. A non-uniform one saves the same
+HF files plus capgap_plan.json and reloads with `load_pruned(dir)`; the stock loader
+refuses it loudly (shape mismatch) rather than loading something wrong.
+"""
+
+import copy
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from capgap.errors import CapgapError
+from capgap.models.adapters import adapter_for
+from capgap.prune.plan import Plan, skeleton
+
+PLAN_FILE = "capgap_plan.json"
+
+
+def is_uniform(plan: Plan, adapter) -> bool:
+    heads, neurons = {len(h) for h in plan.heads}, {len(n) for n in plan.neurons}
+    if len(heads) > 1 or len(neurons) > 1:
+        return False
+    if adapter.attn_width_is_hidden:
+        return heads.pop() * adapter.heads_per_group * adapter.head_dim == len(plan.hidden)
+    return True
+
+
+def slice_model(model, plan: Plan, inplace: bool = False):
+    """The student: `model` (a copy unless inplace) cut down to what `plan` keeps."""
+    student = model if inplace else copy.deepcopy(model)
+    a = adapter_for(student)
+    a.keep_layers(plan.layers)
+    for layer, heads, neurons in zip(a.layers(), plan.heads, plan.neurons):
+        a.slice_heads(layer, torch.as_tensor(heads, dtype=torch.long))
+        a.slice_neurons(layer, torch.as_tensor(neurons, dtype=torch.long))
+    a.slice_hidden(torch.as_tensor(plan.hidden, dtype=torch.long))
+    # exact for a uniform plan; otherwise the widest layer, and the plan file is the truth
+    a.set_shape(max(map(len, plan.heads)), max(map(len, plan.neurons)))
+    return student
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a temp folder beside `path` that becomes `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if path.exists():  # replace: move the old one aside first so a reader never sees a mix
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pruned(student, plan: Plan, path) -> Path:
+    path = Path(path)
+    uniform = is_uniform(plan, adapter_for(student))
+    with atomic_dir(path) as tmp:
+        student.save_pretrained(tmp)
+        (tmp / PLAN_FILE).write_text(json.dumps({"uniform": uniform, "plan": plan.to_dict()}))
+    return path
+
+
+def load_pruned(path, device=None):
+    """Load a student saved by save_pruned, uniform or not: the one capgap call for either."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    path = Path(path)
+    meta_file = path / PLAN_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"uniform": True}
+    if meta["uniform"]:
+        return AutoModelForCausalLM.from_pretrained(path, device_map=device)
+    plan = Plan.from_dict(meta["plan"])
+    # rebuild the teacher's skeleton (parameters on meta, so free), cut it to the plan's
+    # widths, then let the saved tensors fill it; the kept indices don't matter here, the
+    # saved tensors are already in kept order
+    student = skeleton(AutoConfig.for_model(**plan.teacher))
+    first = lambda xs: list(range(len(xs)))
+    slice_model(student, Plan(first(plan.hidden), plan.layers, [first(h) for h in plan.heads],
+                              [first(n) for n in plan.neurons]), inplace=True)
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(f, device=str(device or "cpu")))
+    missing, unexpected = student.load_state_dict(state, strict=False, assign=True)
+    student.tie_weights()  # assign=True replaced the shared embedding; re-share it
+    still_meta = [n for n, p in student.named_parameters() if p.is_meta]
+    if unexpected or still_meta:
+        raise CapgapError(f"{path} does not match its {PLAN_FILE}: "
+                          f"missing {still_meta[:3]}, unexpected {unexpected[:3]}")
+    if (path / "generation_config.json").is_file():
+        student.generation_config = GenerationConfig.from_pretrained(path)
+    return student.eval()
