@@ -107,9 +107,9 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).expanduser().resolve()
 
 
-def _is_locked(e: OperationalError) -> bool:
+def _is_locked(e: DatabaseError) -> bool:
     msg = str(e.orig).lower()
-    return "locked" in msg or "busy" in msg
+    return isinstance(e, OperationalError) and ("locked" in msg or "busy" in msg)
 
 
 class Store:
@@ -125,10 +125,13 @@ class Store:
                 self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = create_engine(url, pool_pre_ping=True)
+                parsed = make_url(url)
+                if parsed.drivername == "postgresql":  # the postgres extra ships psycopg 3
+                    parsed = parsed.set(drivername="postgresql+psycopg")
+                self.engine = create_engine(parsed, pool_pre_ping=True)
         except ModuleNotFoundError as e:
             raise CapgapError(f"store {self.name} needs the {e.name} driver "
-                              f"(pip install 'capgap[postgres]' for PostgreSQL)") from None
+                              f"(for PostgreSQL: pip install 'capgap[postgres]')") from None
         except ArgumentError as e:
             raise CapgapError(f"store URL {url!r} is not a database URL: {e}") from None
         self._retry(self._create_schema)
@@ -149,13 +152,16 @@ class Store:
         for attempt in range(RETRIES):
             try:
                 return fn(*args)
-            except OperationalError as e:
-                if "already exists" in str(e.orig) or (_is_locked(e) and attempt < RETRIES - 1):
-                    # two processes created the same table at once; the next try sees it
+            except DatabaseError as e:
+                msg = str(e.orig)
+                # two processes created the same table at once (PostgreSQL reports it as a
+                # duplicate pg_type row); the next try sees the table
+                raced = "already exists" in msg or "pg_type" in msg
+                if attempt < RETRIES - 1 and (raced or _is_locked(e)):
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
                     continue
-                raise CapgapError(f"store {self.name}: {str(e.orig).splitlines()[0]}") from None
-            except DatabaseError as e:
+                if isinstance(e, OperationalError):
+                    raise CapgapError(f"store {self.name}: {msg.splitlines()[0]}") from None
                 raise CapgapError(f"store {self.name} is not a readable database: "
                                   f"{str(e.orig).splitlines()[0]}") from None
         raise CapgapError(f"store {self.name} stayed locked after {RETRIES} tries")
