@@ -1,0 +1,60 @@
+"""Masked model == sliced model; masks at one == the original model, bit for bit."""
+
+import pytest
+import torch
+
+from capgap.models.adapters import adapter_for
+from capgap.prune.masks import Masks, applied
+from capgap.prune.plan import make_plan
+from capgap.prune.scores import random_scores
+from capgap.prune.slicing import slice_model
+from prune_helpers import logits
+
+X = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+def test_masks_at_one_change_nothing(tiny_model):
+    a = adapter_for(tiny_model)
+    with applied(Masks(a), a):
+        masked = logits(tiny_model, X)
+    assert torch.equal(masked, logits(tiny_model, X))
+
+
+@pytest.mark.parametrize("ranking", ["global", "uniform"])
+@pytest.mark.parametrize("sparsity", [0.2, 0.5, 0.75])
+def test_masked_equals_sliced(tiny_model, ranking, sparsity):
+    a = adapter_for(tiny_model)
+    plan = make_plan(tiny_model, random_scores(tiny_model, seed=3), sparsity=sparsity, ranking=ranking)
+    with applied(Masks.from_plan(a, plan), a):
+        masked = logits(tiny_model, X)
+    student = slice_model(tiny_model, plan)
+    assert (masked - logits(student, X)).abs().max() <= 1e-4
+    assert not torch.allclose(masked, logits(tiny_model, X))  # the cut did something
+    # really smaller tensors, and the teacher untouched
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in tiny_model.parameters())
+    assert tiny_model.config.hidden_size == a.hidden
+
+
+def test_hidden_masking_respects_layernorm_statistics(tiny_model):
+    """Only hidden dims cut: the case where a norm over all dims would differ."""
+    a = adapter_for(tiny_model)
+    plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.0)
+    plan.hidden = plan.hidden[::2]
+    with applied(Masks.from_plan(a, plan), a):
+        masked = logits(tiny_model, X)
+    assert (masked - logits(slice_model(tiny_model, plan), X)).abs().max() <= 1e-4
+
+
+def test_dropped_layers_equal_identity_layers(tiny_model):
+    a = adapter_for(tiny_model)
+    plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.0, layer_drop="minima", drop_layers=1)
+    assert plan.layers == [0]
+    student = slice_model(tiny_model, plan)
+    skip = a.layers()[1].register_forward_hook(lambda m, args, out: args[0])
+    try:
+        reference = logits(tiny_model, X)
+    finally:
+        skip.remove()
+    assert (reference - logits(student, X)).abs().max() <= 1e-5
+    assert student.config.num_hidden_layers == 1
+    assert student.generate(X[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
