@@ -125,10 +125,14 @@ class KDLoss:
         loss adds these up across chunks and divides once, so chunking cannot change the mean."""
         s = _at_least_fp32(student_logits)  # bf16/fp16: a softmax over 50k classes wants fp32
         valid = targets != IGNORE
-        ce = F.cross_entropy(s.flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         T = self.temperature
-        s_logp = F.log_softmax(s / T, dim=-1)
-        t_logp = F.log_softmax(_at_least_fp32(teacher_logits) / T, dim=-1)
+        # at T = 1 the CE and KD terms share one log-softmax: each [tokens, vocab] saved counts
+        s_logp1 = F.log_softmax(s, dim=-1)
+        picked = s_logp1.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
+        ce = -torch.where(valid, picked, 0.0).sum()
+        s_logp = s_logp1 if T == 1 else F.log_softmax(s / T, dim=-1)
+        t = _at_least_fp32(teacher_logits)
+        t_logp = F.log_softmax(t if T == 1 else t / T, dim=-1)
         d = DIVERGENCES[self.name](s_logp, t_logp, **self.div_kwargs)
         # where, not a product: a NaN at a padded position must not leak into the sum
         kd = torch.where(valid, d, 0.0).sum() * T * T

@@ -1,0 +1,168 @@
+"""`capgap bench kd-loss`: peak memory and time of the chunked KD loss against the naive one.
+
+Each variant runs in a fresh Python process, so neither inherits the other's allocations:
+on CUDA the peak is torch.cuda.max_memory_allocated; on CPU torch has no allocator
+statistics and tracemalloc does not see its tensors, so the peak is the process's resident
+high-water mark (Linux VmHWM, reset through /proc/self/clear_refs once the inputs exist;
+getrusage's ru_maxrss where that reset is refused). Either way the figure printed is the
+peak minus the memory held just before the loss ran: what the loss itself adds on top of
+the hidden states and head weights a training step holds anyway.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = ("naive", "chunked")
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="capgap bench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="bench", required=True)
+    kd = sub.add_parser("kd-loss", help="chunked vs naive KD loss, forward + backward")
+    kd.add_argument("--vocab", type=int, default=50304, help="Pythia's padded vocabulary")
+    kd.add_argument("--tokens", type=int, default=None,
+                    help="tokens in the batch (default: 8x2048 on cuda, 2048 on cpu)")
+    kd.add_argument("--hidden", type=int, default=768, help="hidden width of student and teacher")
+    kd.add_argument("--chunk", type=int, default=256, help="tokens per chunk")
+    kd.add_argument("--loss", default="soft_ce", help="divergence name (capgap.distill.losses)")
+    kd.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="hidden states and heads")
+    kd.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    kd.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # the child process
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        from capgap.errors import CapgapError
+        raise CapgapError("--device cuda: no CUDA device is visible")
+    if args.tokens is None:
+        args.tokens = 8 * 2048 if args.device == "cuda" else 2048
+    if args.variant:
+        print(json.dumps(measure(args)))
+        return 0
+
+    results = {v: run_child(argv, args, v) for v in VARIANTS}
+    report(args, results, torch)
+    return 0
+
+
+def run_child(argv, args, variant):
+    cmd = [sys.executable, "-m", "capgap.bench", *list(argv if argv is not None else sys.argv[1:]),
+           "--variant", variant, "--device", args.device, "--tokens", str(args.tokens)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(args):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from capgap.distill.chunked import chunked_kd_loss
+    from capgap.distill.losses import get_kd_loss
+
+    dev, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+    loss = get_kd_loss(args.loss)
+    s_head = nn.Linear(args.hidden, args.vocab, bias=False, device=dev, dtype=dtype)
+    t_head = nn.Linear(args.hidden, args.vocab, bias=False, device=dev, dtype=dtype).requires_grad_(False)
+    h_s = torch.randn(args.tokens, args.hidden, device=dev, dtype=dtype, requires_grad=True)
+    h_t = torch.randn(args.tokens, args.hidden, device=dev, dtype=dtype)
+    y = torch.randint(0, args.vocab, (args.tokens,), device=dev)
+
+    def step(n):
+        if args.variant == "naive":
+            with torch.no_grad():
+                t_logits = F.linear(h_t[:n], t_head.weight)
+            out = loss(F.linear(h_s[:n], s_head.weight), t_logits, y[:n])
+        else:
+            out = chunked_kd_loss(h_s[:n], s_head, h_t[:n], t_head, y[:n], loss, args.chunk)
+        out.loss.backward()
+        return out.loss.item()
+
+    step(min(args.tokens, 8))  # kernels and thread pools up before the clock starts
+    h_s.grad = s_head.weight.grad = None
+    memory = _Peak(dev)
+    t0 = time.perf_counter()
+    value = step(args.tokens)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"peak_bytes": memory.peak_above_start(), "seconds": seconds, "loss": value,
+            "method": memory.method}
+
+
+class _Peak:
+    """Peak memory above what is held now, by the most honest counter the device offers."""
+
+    def __init__(self, dev):
+        import torch
+
+        self.torch, self.dev = torch, dev
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+            self.start, self.method = torch.cuda.memory_allocated(dev), "torch.cuda.max_memory_allocated"
+            return
+        self.start = _status_kib("VmRSS") * 1024
+        try:  # "5" resets the high-water mark to the current RSS (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method = "VmHWM reset by /proc/self/clear_refs"
+        except OSError:
+            self.method = "getrusage ru_maxrss"
+
+    def peak_above_start(self):
+        if self.dev.type == "cuda":
+            return self.torch.cuda.max_memory_allocated(self.dev) - self.start
+        if self.method.startswith("VmHWM"):
+            return _status_kib("VmHWM") * 1024 - self.start
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.start
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def report(args, results, torch):
+    mib = 2 ** 20
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"cpu, {torch.get_num_threads()} threads")
+    scaled = "" if args.tokens >= 8 * 2048 else f" (scaled down from the issue's 8x2048 = 16384 for {args.device})"
+    print(f"capgap bench kd-loss: {args.loss} KD + CE (alpha 0.5), forward + backward, {args.dtype}")
+    print(f"  vocab {args.vocab}, tokens {args.tokens}{scaled}, hidden {args.hidden} (student and teacher), "
+          f"chunk {args.chunk} tokens")
+    print(f"  device {where}, torch {torch.__version__}")
+    print(f"  memory: {results['naive']['method']}, in a fresh process per variant, minus the memory held "
+          f"once the inputs (hidden states, heads) exist: what the loss adds")
+    print(f"{'variant':<10}{'peak_MiB':>12}{'time_s':>10}{'loss':>12}")
+    for v in VARIANTS:
+        r = results[v]
+        print(f"{v:<10}{r['peak_bytes'] / mib:>12.1f}{r['seconds']:>10.3f}{r['loss']:>12.5f}")
+    ratio = results["chunked"]["peak_bytes"] / max(results["naive"]["peak_bytes"], 1)
+    print(f"chunked/naive peak: {100 * ratio:.1f}% (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
