@@ -58,33 +58,42 @@ def _global_counts(scores: torch.Tensor, total: int, minimum: int) -> list[int]:
     return flat.view_as(s).sum(1).long().tolist()
 
 
-def _widths(adapter, scores, layers, p_hidden, p_width, o) -> Plan:
+def _widths(adapter, scores, layers, p_hidden, p_heads, p_neurons, o) -> Plan:
     D, G, F = adapter.hidden, adapter.n_groups, scores.neurons.shape[1]
     L, m = len(layers), o["multiple"]
     group_width = adapter.heads_per_group * adapter.head_dim
-    tied = o["ranking"] == "uniform" and adapter.attn_width_is_hidden
-    # a stock GPT-2/NeoX block needs heads * head_dim == hidden, so a uniform plan for them
-    # rounds hidden to whole heads and takes the head count from it
-    m_hidden = math.lcm(m, group_width) if tied else m
-    n_hidden = min(D, max(m_hidden, _round_to(D * (1 - p_hidden), m_hidden)))
+    uniform = o["ranking"] == "uniform"
+    tied = uniform and adapter.attn_width_is_hidden
     heads_s, neurons_s = scores.heads[layers], scores.neurons[layers]
-    p_heads = min(p_width, o["max_head_sparsity"])
+    p_heads = min(p_heads, o["max_head_sparsity"])
     min_heads, min_neurons = o["min_heads"], min(F, o["min_neurons"])
+    n_heads = None
+    if uniform and not tied:
+        n_heads = [max(min_heads, min(G, round(G * (1 - p_heads))))] * L
+
+    # A uniform plan should rebuild from a stock HF config: GPT-2/NeoX blocks need
+    # heads * head_dim == hidden (so hidden is rounded to whole heads and sets the head
+    # count); LLaMA's config validator needs hidden % query heads == 0.
+    if tied:
+        m_hidden = math.lcm(m, group_width)
+    elif uniform:
+        m_hidden = math.lcm(m, max(1, n_heads[0] * adapter.heads_per_group))
+    else:
+        m_hidden = m
+    n_hidden = min(D, max(m_hidden, _round_to(D * (1 - p_hidden), m_hidden)))
 
     if tied:
         n_heads = [max(min_heads, min(G, n_hidden // group_width))] * L
-    elif o["ranking"] == "uniform":
-        n_heads = [max(min_heads, min(G, round(G * (1 - p_heads))))] * L
-    else:
+    elif not uniform:
         total = max(L * min_heads, min(L * G, round(L * G * (1 - p_heads))))
         n_heads = _global_counts(heads_s, total, min_heads)
 
     def neurons_for(x):
         return max(min_neurons, min(F, _round_to(x, m)))
-    if o["ranking"] == "uniform":
-        n_neurons = [neurons_for(F * (1 - p_width))] * L
+    if uniform:
+        n_neurons = [neurons_for(F * (1 - p_neurons))] * L
     else:
-        total = max(L * min_neurons, min(L * F, round(L * F * (1 - p_width))))
+        total = max(L * min_neurons, min(L * F, round(L * F * (1 - p_neurons))))
         n_neurons = [neurons_for(c) for c in _global_counts(neurons_s, total, min_neurons)]
 
     return Plan(hidden=_top(scores.hidden, n_hidden), layers=list(layers),
@@ -163,23 +172,24 @@ def make_plan(model, scores, *, sparsity=None, size=None, ranking="global", mult
              min_neurons=multiple if min_neurons is None else min_neurons)
     layers = _kept_layers(len(adapter.layers()), layer_drop, drop_layers, influence)
 
-    def plan(p_hidden, p_width):
-        return _check_heads(_widths(adapter, scores, layers, p_hidden, p_width, o), layer_drop)
+    def plan(p_hidden, p_heads, p_neurons):
+        return _check_heads(_widths(adapter, scores, layers, p_hidden, p_heads, p_neurons, o), layer_drop)
 
     if sparsity is not None:
         p = 1 - math.sqrt(1 - sparsity)
-        return plan(p, p)
-    return _solve(model, plan, size)
+        return plan(p, p, p)
+    return _solve(model, plan, size, len(layers) * adapter.n_groups)
 
 
-def _solve(model, plan, size: int) -> Plan:
-    """Find the split whose sliced size is nearest `size`: first one p' for both cuts, then,
-    with hidden fixed, the head/neuron sparsity alone (finer steps than hidden's)."""
+def _solve(model, plan, size: int, n_groups: int) -> Plan:
+    """Find the split whose sliced size is nearest `size`: first one p' for every cut, then,
+    with hidden and heads held, the neuron sparsity alone: its steps are the finest, while
+    a hidden dim or a head moves the count by too much to land within 1% on small models."""
     skel = skeleton(model.config)
     best = [math.inf, None]
 
-    def count(ph, pw):
-        candidate = plan(ph, pw)
+    def count(*p):
+        candidate = plan(*p)
         n = count_plan(skel, candidate)
         if abs(n - size) < best[0]:
             best[:] = [abs(n - size), candidate]
@@ -192,9 +202,11 @@ def _solve(model, plan, size: int) -> Plan:
             lo, hi = (mid, hi) if f(mid) > size else (lo, mid)
         return hi
 
-    bisect(lambda p: count(p, p))
-    ph = 1 - len(best[1].hidden) / model.config.hidden_size  # the hidden width found, held
-    bisect(lambda pw: count(ph, pw))
+    bisect(lambda p: count(p, p, p))
+    # hold the widths found: fractions that reproduce the same rounded counts
+    p_hidden = 1 - len(best[1].hidden) / model.config.hidden_size
+    p_heads = 1 - sum(map(len, best[1].heads)) / n_groups
+    bisect(lambda p: count(p_hidden, p_heads, p))
     if best[0] > 0.01 * size:
         raise CapgapError(f"student.size={size} cannot be reached within 1% (nearest "
                           f"{size + best[0]:.0f} or {size - best[0]:.0f}); try a smaller prune.multiple")

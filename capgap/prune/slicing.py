@@ -27,9 +27,10 @@ def is_uniform(plan: Plan, adapter) -> bool:
     heads, neurons = {len(h) for h in plan.heads}, {len(n) for n in plan.neurons}
     if len(heads) > 1 or len(neurons) > 1:
         return False
+    q_heads = heads.pop() * adapter.heads_per_group
     if adapter.attn_width_is_hidden:
-        return heads.pop() * adapter.heads_per_group * adapter.head_dim == len(plan.hidden)
-    return True
+        return q_heads * adapter.head_dim == len(plan.hidden)
+    return q_heads > 0 and len(plan.hidden) % q_heads == 0  # what HF's config validators demand
 
 
 def slice_model(model, plan: Plan, inplace: bool = False):
@@ -68,8 +69,21 @@ def atomic_dir(path: Path):
 def save_pruned(student, plan: Plan, path) -> Path:
     path = Path(path)
     uniform = is_uniform(plan, adapter_for(student))
+    config = student.config
     with atomic_dir(path) as tmp:
-        student.save_pretrained(tmp)
+        if not uniform:
+            # no stock config describes per-layer widths (and HF validators reject some
+            # shapes), so config.json stays the teacher's: the stock loader then fails on
+            # shape mismatch instead of loading a wrong model, and load_pruned rebuilds
+            # from it with capgap_plan.json
+            from transformers import AutoConfig
+            student.config = AutoConfig.for_model(**plan.teacher)
+        try:
+            # non-uniform: keep in-memory tensor names (HF's save-time renaming, e.g. NeoX's
+            # lm_head -> embed_out, is undone only by its own loader, which can't load these)
+            student.save_pretrained(tmp, save_original_format=uniform)
+        finally:
+            student.config = config
         (tmp / PLAN_FILE).write_text(json.dumps({"uniform": uniform, "plan": plan.to_dict()}))
     return path
 
