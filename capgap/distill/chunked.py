@@ -19,7 +19,7 @@ Ignored positions are dropped before any logits are made, so padding costs nothi
 import torch
 import torch.nn.functional as F
 
-from capgap.distill.losses import IGNORE, KDLoss, Losses
+from capgap.distill.losses import IGNORE, KDLoss, Losses, at_least_fp32
 
 
 def chunked_kd_loss(student_hidden, student_head, teacher_hidden, teacher_head, targets,
@@ -66,7 +66,7 @@ def _chunk_pass(h_s, w_s, b_s, h_t, w_t, b_t, y, loss, chunk_size, want):
             s_logits = F.linear(hs, w_s, b_s)
             # the graph starts at the logits: the head's part of the backward is done by hand
             # below, so no [vocab, hidden] gradient is ever made per chunk
-            s_logits = s_logits.to(torch.promote_types(s_logits.dtype, torch.float32))
+            s_logits = at_least_fp32(s_logits)
         with torch.enable_grad():
             s_logits.requires_grad_(bool(want))
             ce, kd, _ = loss.sums(s_logits, t_logits, yc)

@@ -72,7 +72,8 @@ def skew_reverse_kl(s_logp, t_logp, skew=0.1):
     return (s_logp.exp() * (s_logp - log_mix)).sum(-1)
 
 
-def _at_least_fp32(x):
+def at_least_fp32(x):
+    """bf16/fp16 → fp32, fp64 kept: softmaxes over a vocabulary or a sequence want the range."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -123,7 +124,7 @@ class KDLoss:
     def sums(self, student_logits, teacher_logits, targets):
         """(CE summed over counted tokens, T²·D summed over counted tokens, count); the chunked
         loss adds these up across chunks and divides once, so chunking cannot change the mean."""
-        s = _at_least_fp32(student_logits)  # bf16/fp16: a softmax over 50k classes wants fp32
+        s = at_least_fp32(student_logits)  # bf16/fp16: a softmax over 50k classes wants fp32
         valid = targets != IGNORE
         T = self.temperature
         # at T = 1 the CE and KD terms share one log-softmax: each [tokens, vocab] saved counts
@@ -131,7 +132,7 @@ class KDLoss:
         picked = s_logp1.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
         ce = -torch.where(valid, picked, 0.0).sum()
         s_logp = s_logp1 if T == 1 else F.log_softmax(s / T, dim=-1)
-        t = _at_least_fp32(teacher_logits)
+        t = at_least_fp32(teacher_logits)
         t_logp = F.log_softmax(t if T == 1 else t / T, dim=-1)
         d = DIVERGENCES[self.name](s_logp, t_logp, **self.div_kwargs)
         # where, not a product: a NaN at a padded position must not leak into the sum
