@@ -6,6 +6,8 @@ attention a group (one K/V head and its query heads) is the smallest unit that c
 removed without changing the attention math of the rest.
 """
 
+from operator import attrgetter
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,20 +25,13 @@ def select(module: nn.Module, dim: str, idx: torch.Tensor) -> None:
             setattr(module, name, nn.Parameter(p.detach().index_select(axis, idx.to(p.device))))
 
     n = len(idx)
-    if isinstance(module, nn.Linear):
-        keep("weight", 1 if dim == "in" else 0)
-        if dim == "in":
-            module.in_features = n
-        else:
+    if isinstance(module, (nn.Linear, Conv1D)):
+        conv = isinstance(module, Conv1D)  # GPT-2 stores weight as [in, out]
+        keep("weight", int((dim == "in") != conv))
+        if dim == "out":
             keep("bias", 0)
-            module.out_features = n
-    elif isinstance(module, Conv1D):  # GPT-2 stores weight as [in, out]
-        keep("weight", 0 if dim == "in" else 1)
-        if dim == "in":
-            module.nx = n
-        else:
-            keep("bias", 0)
-            module.nf = n
+        size = {("in", False): "in_features", ("out", False): "out_features", ("in", True): "nx", ("out", True): "nf"}
+        setattr(module, size[dim, conv], n)
     elif isinstance(module, nn.Embedding):
         keep("weight", 1)
         module.embedding_dim = n
@@ -96,17 +91,46 @@ class Adapter:
         """Current query-head count of one (possibly already sliced) layer."""
         return linear_weight(self.attn_out(layer)).shape[1] // self.head_dim
 
-    # --- where things live (subclasses) -----------------------------------------------
-    def layers(self) -> nn.ModuleList: ...
-    def embeddings(self) -> list[nn.Module]: ...  # every embedding added into the residual
-    def norms(self) -> list[nn.Module]: ...       # every norm that reads the residual
-    def attn(self, layer) -> nn.Module: ...       # output[0] goes into the residual
-    def mlp(self, layer) -> nn.Module: ...
-    def attn_in(self, layer) -> list[nn.Module]: ...  # projections reading the residual
-    def attn_out(self, layer) -> nn.Module: ...
-    def ffn_in(self, layer) -> list[nn.Module]: ...
-    def ffn_out(self, layer) -> nn.Module: ...
-    def slice_heads(self, layer, groups: torch.Tensor) -> None: ...
+    # --- where things live: each subclass fills `paths` (dotted attribute names) -------
+    # layers, embeddings, final_norm: from the model; the rest: from one decoder layer.
+    # embeddings: every embedding added into the residual; layer_norms: every norm in a
+    # layer that reads the residual; attn / mlp: sublayers whose output (attn: output[0])
+    # is added to the residual; attn_in / ffn_in: projections reading the normed residual.
+    paths: dict = {}
+
+    def _get(self, obj, key):
+        return attrgetter(self.paths[key])(obj)
+
+    def layers(self) -> nn.ModuleList:
+        return self._get(self.model, "layers")
+
+    def embeddings(self) -> list[nn.Module]:
+        return [attrgetter(p)(self.model) for p in self.paths["embeddings"]]
+
+    def norms(self) -> list[nn.Module]:
+        per_layer = [attrgetter(p)(l) for l in self.layers() for p in self.paths["layer_norms"]]
+        return per_layer + [self._get(self.model, "final_norm")]
+
+    def attn(self, layer) -> nn.Module:
+        return self._get(layer, "attn")
+
+    def mlp(self, layer) -> nn.Module:
+        return self._get(layer, "mlp")
+
+    def attn_in(self, layer) -> list[nn.Module]:
+        return [attrgetter(p)(layer) for p in self.paths["attn_in"]]
+
+    def attn_out(self, layer) -> nn.Module:
+        return self._get(layer, "attn_out")
+
+    def ffn_in(self, layer) -> list[nn.Module]:
+        return [attrgetter(p)(layer) for p in self.paths["ffn_in"]]
+
+    def ffn_out(self, layer) -> nn.Module:
+        return self._get(layer, "ffn_out")
+
+    def slice_heads(self, layer, groups: torch.Tensor) -> None:
+        raise NotImplementedError  # the fused-QKV layout differs per architecture
 
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()

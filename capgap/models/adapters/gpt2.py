@@ -8,33 +8,9 @@ from .base import Adapter, select, units
 class GPT2Adapter(Adapter):
     attn_width_is_hidden = True  # GPT2Attention sizes c_attn and split_size from hidden_size
     intermediate_key = "n_inner"
-
-    def layers(self):
-        return self.model.transformer.h
-
-    def embeddings(self):
-        return [self.model.transformer.wte, self.model.transformer.wpe]
-
-    def norms(self):
-        return [n for l in self.layers() for n in (l.ln_1, l.ln_2)] + [self.model.transformer.ln_f]
-
-    def attn(self, layer):
-        return layer.attn
-
-    def mlp(self, layer):
-        return layer.mlp
-
-    def attn_in(self, layer):
-        return [layer.attn.c_attn]
-
-    def attn_out(self, layer):
-        return layer.attn.c_proj
-
-    def ffn_in(self, layer):
-        return [layer.mlp.c_fc]
-
-    def ffn_out(self, layer):
-        return layer.mlp.c_proj
+    paths = dict(layers="transformer.h", embeddings=["transformer.wte", "transformer.wpe"],
+                 final_norm="transformer.ln_f", layer_norms=["ln_1", "ln_2"], attn="attn", mlp="mlp",
+                 attn_in=["attn.c_attn"], attn_out="attn.c_proj", ffn_in=["mlp.c_fc"], ffn_out="mlp.c_proj")
 
     def slice_heads(self, layer, groups):
         # c_attn's output is three blocks q | k | v, each split_size wide, heads contiguous

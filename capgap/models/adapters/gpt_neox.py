@@ -5,34 +5,10 @@ from .base import Adapter, select, units
 
 class GPTNeoXAdapter(Adapter):
     attn_width_is_hidden = True  # GPTNeoXAttention sizes its projections from hidden_size
-
-    def layers(self):
-        return self.model.gpt_neox.layers
-
-    def embeddings(self):
-        return [self.model.gpt_neox.embed_in]
-
-    def norms(self):
-        return [n for l in self.layers() for n in (l.input_layernorm, l.post_attention_layernorm)] + [
-            self.model.gpt_neox.final_layer_norm]
-
-    def attn(self, layer):
-        return layer.attention
-
-    def mlp(self, layer):
-        return layer.mlp
-
-    def attn_in(self, layer):
-        return [layer.attention.query_key_value]
-
-    def attn_out(self, layer):
-        return layer.attention.dense
-
-    def ffn_in(self, layer):
-        return [layer.mlp.dense_h_to_4h]
-
-    def ffn_out(self, layer):
-        return layer.mlp.dense_4h_to_h
+    paths = dict(layers="gpt_neox.layers", embeddings=["gpt_neox.embed_in"], final_norm="gpt_neox.final_layer_norm",
+                 layer_norms=["input_layernorm", "post_attention_layernorm"], attn="attention", mlp="mlp",
+                 attn_in=["attention.query_key_value"], attn_out="attention.dense",
+                 ffn_in=["mlp.dense_h_to_4h"], ffn_out="mlp.dense_4h_to_h")
 
     def slice_heads(self, layer, groups):
         # v5 views the fused output as [..., heads, 3 * head_size] and chunks q|k|v inside

@@ -6,34 +6,10 @@ from .base import Adapter, select, units
 
 
 class LlamaAdapter(Adapter):
-    def layers(self):
-        return self.model.model.layers
-
-    def embeddings(self):
-        return [self.model.model.embed_tokens]
-
-    def norms(self):
-        return [n for l in self.layers() for n in (l.input_layernorm, l.post_attention_layernorm)] + [
-            self.model.model.norm]
-
-    def attn(self, layer):
-        return layer.self_attn
-
-    def mlp(self, layer):
-        return layer.mlp
-
-    def attn_in(self, layer):
-        a = layer.self_attn
-        return [a.q_proj, a.k_proj, a.v_proj]
-
-    def attn_out(self, layer):
-        return layer.self_attn.o_proj
-
-    def ffn_in(self, layer):
-        return [layer.mlp.gate_proj, layer.mlp.up_proj]
-
-    def ffn_out(self, layer):
-        return layer.mlp.down_proj
+    paths = dict(layers="model.layers", embeddings=["model.embed_tokens"], final_norm="model.norm",
+                 layer_norms=["input_layernorm", "post_attention_layernorm"], attn="self_attn", mlp="mlp",
+                 attn_in=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                 attn_out="self_attn.o_proj", ffn_in=["mlp.gate_proj", "mlp.up_proj"], ffn_out="mlp.down_proj")
 
     def slice_heads(self, layer, groups):
         # query heads of group g are g*hpg … g*hpg+hpg-1 (repeat_kv order), so a group's
