@@ -28,7 +28,7 @@ def parser():
     kd.add_argument("--tokens", type=int, default=None,
                     help="tokens in the batch (default: 8x2048 on cuda, 2048 on cpu)")
     kd.add_argument("--hidden", type=int, default=768, help="hidden width of student and teacher")
-    kd.add_argument("--chunk", type=int, default=256, help="tokens per chunk")
+    kd.add_argument("--chunk", type=int, default=None, help="tokens per chunk (default: chunked_kd_loss's)")
     kd.add_argument("--loss", default="soft_ce", help="divergence name (capgap.distill.losses)")
     kd.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="hidden states and heads")
     kd.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
@@ -45,6 +45,9 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         from capgap.errors import CapgapError
         raise CapgapError("--device cuda: no CUDA device is visible")
+    if args.chunk is None:
+        from capgap.distill.chunked import CHUNK_SIZE
+        args.chunk = CHUNK_SIZE
     if args.tokens is None:
         args.tokens = 8 * 2048 if args.device == "cuda" else 2048
     if args.variant:

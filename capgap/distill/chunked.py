@@ -1,14 +1,14 @@
 """The KD loss computed from final hidden states, a chunk of tokens at a time through each LM head.
 
 Naively the student's and the teacher's logits for the whole batch exist at once, in fp32,
-together with their log-softmaxes and the gradient: about eight [tokens, vocab] fp32 tensors,
-26 GB for 8×2048 tokens at Pythia's 50,304 vocabulary. Here a chunk's logits are made,
+together with their log-softmaxes and the gradient: about six [tokens, vocab] fp32 tensors
+(measured by `capgap bench kd-loss`), 20 GB for 8×2048 tokens at Pythia's 50,304 vocabulary. Here a chunk's logits are made,
 used and freed before the next chunk's exist: the gradient w.r.t. the chunk's student logits
 is taken right away (forward and backward of the head in one pass, as Liger's fused linear
 cross-entropy does), pushed through the head into two accumulators, and the backward of the
 whole thing only scales those by the incoming gradient. Peak memory beyond the inputs is
 
-    ≈ 10 · chunk_size · vocab · 4 bytes  (the chunk's logits and their softmax temporaries)
+    ≈ 8 · chunk_size · vocab · 4 bytes   (the chunk's logits and their softmax temporaries)
     + vocab · hidden · 4 bytes           (fp32 gradient of the student head)
     + tokens · hidden · 4 bytes          (gradient of the student hidden states)
 
@@ -21,9 +21,13 @@ import torch.nn.functional as F
 
 from capgap.distill.losses import IGNORE, KDLoss, Losses, at_least_fp32
 
+# 256 tokens × 50k vocab ≈ 50 MB per fp32 logits tensor; a [256, hidden] matmul still keeps a
+# GPU busy (Liger's heuristic, tokens·hidden/vocab, gives 256 too at 8×2048 tokens and GPT-2 widths)
+CHUNK_SIZE = 256
+
 
 def chunked_kd_loss(student_hidden, student_head, teacher_hidden, teacher_head, targets,
-                    loss: KDLoss | None = None, chunk_size: int = 512) -> Losses:
+                    loss: KDLoss | None = None, chunk_size: int = CHUNK_SIZE) -> Losses:
     """KD (and CE) loss from final hidden states [..., H] and aligned targets [...].
 
     Heads are the models' `get_output_embeddings()` (nn.Linear, tied or not). Equal in value
