@@ -113,5 +113,7 @@ def test_bad_names_and_values_are_one_line():
         get_kd_loss("kl")
     with pytest.raises(CapgapError, match="beta"):
         get_kd_loss("jsd", beta=1.5)
+    with pytest.raises(CapgapError, match="jsd takes no betta"):
+        get_kd_loss("jsd", betta=0.3)
     with pytest.raises(CapgapError, match="temperature"):
         get_kd_loss(temperature=0)

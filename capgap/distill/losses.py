@@ -118,8 +118,11 @@ class KDLoss:
         self.name, self.alpha, self.temperature = name, alpha, temperature
         self.kd_weight = 1.0 - alpha if kd_weight is None else kd_weight
         self.div_kwargs = div_kwargs
-        # fail on a bad beta/skew at construction, not at the first training step
-        DIVERGENCES[name](torch.zeros(1, 2), torch.zeros(1, 2), **div_kwargs)
+        # fail on a bad or misspelt beta/skew at construction, not at the first training step
+        try:
+            DIVERGENCES[name](torch.zeros(1, 2), torch.zeros(1, 2), **div_kwargs)
+        except TypeError:
+            raise CapgapError(f"distill.loss: {name} takes no {', '.join(div_kwargs)}") from None
 
     def sums(self, student_logits, teacher_logits, targets):
         """(CE summed over counted tokens, T²·D summed over counted tokens, count); the chunked
@@ -135,7 +138,7 @@ class KDLoss:
         t = at_least_fp32(teacher_logits)
         t_logp = F.log_softmax(t if T == 1 else t / T, dim=-1)
         d = DIVERGENCES[self.name](s_logp, t_logp, **self.div_kwargs)
-        # where, not a product: a NaN at a padded position must not leak into the sum
+        # where, not a product: garbage teacher logits at a padded position stay out of the sum
         kd = torch.where(valid, d, 0.0).sum() * T * T
         return ce, kd, valid.sum()
 
