@@ -58,3 +58,15 @@ def test_dropped_layers_equal_identity_layers(tiny_model):
     assert (reference - logits(student, X)).abs().max() <= 1e-5
     assert student.config.num_hidden_layers == 1
     assert student.generate(X[:1, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
+
+
+def test_sequential_residual_gpt_neox():
+    """Pythia uses the parallel residual; other NeoX checkpoints add attention first."""
+    from conftest import tiny_gpt_neox
+    torch.manual_seed(0)
+    model = tiny_gpt_neox(use_parallel_residual=False)
+    a = adapter_for(model)
+    plan = make_plan(model, random_scores(model), sparsity=0.5)
+    with applied(Masks.from_plan(a, plan), a):
+        masked = logits(model, X)
+    assert (masked - logits(slice_model(model, plan), X)).abs().max() <= 1e-4

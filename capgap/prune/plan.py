@@ -63,30 +63,29 @@ def _widths(adapter, scores, layers, p_hidden, p_heads, p_neurons, o) -> Plan:
     L, m = len(layers), o["multiple"]
     group_width = adapter.heads_per_group * adapter.head_dim
     uniform = o["ranking"] == "uniform"
-    tied = uniform and adapter.attn_width_is_hidden
     heads_s, neurons_s = scores.heads[layers], scores.neurons[layers]
     p_heads = min(p_heads, o["max_head_sparsity"])
     min_heads, min_neurons = o["min_heads"], min(F, o["min_neurons"])
-    n_heads = None
-    if uniform and not tied:
-        n_heads = [max(min_heads, min(G, round(G * (1 - p_heads))))] * L
+    n_uniform_heads = max(min_heads, min(G, round(G * (1 - p_heads))))
 
     # A uniform plan should rebuild from a stock HF config: GPT-2/NeoX blocks need
     # heads * head_dim == hidden (so hidden is rounded to whole heads and sets the head
     # count); LLaMA's config validator needs hidden % query heads == 0.
-    if tied:
-        m_hidden = math.lcm(m, group_width)
-    elif uniform:
-        m_hidden = math.lcm(m, max(1, n_heads[0] * adapter.heads_per_group))
-    else:
+    if not uniform:
         m_hidden = m
+    elif adapter.attn_width_is_hidden:
+        m_hidden = math.lcm(m, group_width)
+    else:
+        m_hidden = math.lcm(m, max(1, n_uniform_heads * adapter.heads_per_group))
     n_hidden = min(D, max(m_hidden, _round_to(D * (1 - p_hidden), m_hidden)))
 
-    if tied:
-        n_heads = [max(min_heads, min(G, n_hidden // group_width))] * L
-    elif not uniform:
+    if not uniform:
         total = max(L * min_heads, min(L * G, round(L * G * (1 - p_heads))))
         n_heads = _global_counts(heads_s, total, min_heads)
+    elif adapter.attn_width_is_hidden:
+        n_heads = [max(min_heads, min(G, n_hidden // group_width))] * L
+    else:
+        n_heads = [n_uniform_heads] * L
 
     def neurons_for(x):
         return max(min_neurons, min(F, _round_to(x, m)))
