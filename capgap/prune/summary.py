@@ -31,8 +31,8 @@ def summary(teacher, student, plan=None) -> tuple[str, dict]:
     rows = [f"{'component':<12}{'teacher':>14}{'student':>14}{'kept':>8}"]
     scalars = {}
     for k in before:
-        kept = after[k] / before[k] if before[k] else 0.0
-        rows.append(f"{k:<12}{before[k]:>14,}{after[k]:>14,}{kept:>8.1%}")
+        kept = f"{after[k] / before[k]:.1%}" if before[k] else "-"  # e.g. a head tied to the embedding
+        rows.append(f"{k:<12}{before[k]:>14,}{after[k]:>14,}{kept:>8}")
         scalars[f"params/{k}/teacher"], scalars[f"params/{k}/student"] = before[k], after[k]
     t_hidden, s_hidden = teacher.config.hidden_size, student.config.hidden_size
     rows.append(f"{'hidden':<12}{t_hidden:>14}{s_hidden:>14}{s_hidden / t_hidden:>8.1%}")
