@@ -24,6 +24,14 @@ def steps_for(tokens: int, tokens_per_batch: int) -> int:
     return max(1, math.ceil(tokens / tokens_per_batch))
 
 
+def build_trainer(trainer_cfg, **overrides) -> L.Trainer:
+    """A Trainer from conf/trainer with capgap's own keys taken out and precision resolved."""
+    kwargs = {k: v for k, v in trainer_cfg.items() if k != "checkpoint_every"}
+    kwargs.update(overrides)
+    kwargs["precision"] = resolve_precision(kwargs.get("precision"))
+    return instantiate(kwargs)
+
+
 def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Path,
         max_steps: int, extra_callbacks=()) -> tuple[L.Trainer, dict]:
     """Train to `max_steps`, resuming from `ckpt_dir/last.ckpt` when an earlier run of the same
@@ -35,15 +43,12 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=trainer_cfg.get("checkpoint_every", 200))
     logger = instantiate(logger_cfg, save_dir=str(run_dir)) if logger_cfg else False
-    trainer_kwargs = {k: v for k, v in trainer_cfg.items() if k != "checkpoint_every"}
     # Lightning refuses an interval longer than an epoch; short runs still evaluate at their end
     batches = len(datamodule.train_dataloader())
-    trainer_kwargs["val_check_interval"] = min(trainer_cfg.get("val_check_interval") or batches,
-                                               batches, max_steps)
-    trainer = instantiate(trainer_kwargs, max_steps=max_steps, max_epochs=-1,
-                          precision=resolve_precision(trainer_cfg.get("precision")),
-                          logger=logger, callbacks=[checkpoint, *extra_callbacks],
-                          default_root_dir=str(run_dir))
+    interval = min(trainer_cfg.get("val_check_interval") or batches, batches, max_steps)
+    trainer = build_trainer(trainer_cfg, max_steps=max_steps, max_epochs=-1, val_check_interval=interval,
+                            logger=logger, callbacks=[checkpoint, *extra_callbacks],
+                            default_root_dir=str(run_dir))
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     # the periodic evaluation sees a fixed prefix; the final figure uses every validation block

@@ -20,6 +20,8 @@ class PackedBlocks(Dataset):
         return math.ceil(len(self.stream) / self.block_size)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         chunk = torch.from_numpy(self.stream[i * self.block_size:(i + 1) * self.block_size].astype(np.int64))
         labels = chunk.clone()
         if len(chunk) < self.block_size:

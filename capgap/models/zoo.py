@@ -27,6 +27,8 @@ def build_from_config(arch: str, config: dict):
 
 def load_local(path: str | Path, key: str = "teacher.path", dtype=torch.float32):
     path = Path(path)
+    if not path.exists():
+        raise CapgapError(f"{key}={path} does not exist")
     if not (path / "config.json").is_file():
         raise CapgapError(f"{key}={path} is not a Hugging Face checkpoint folder (no config.json)")
     try:

@@ -18,6 +18,7 @@ from capgap.errors import CapgapError
 
 TASKS = {
     "pretrain": "capgap.tasks.pretrain",
+    "evaluate": "capgap.tasks.evaluate",
 }
 
 
