@@ -55,3 +55,12 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     datamodule.eval_batches = None
     results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     return trainer, {k: float(v) for k, v in results.items()}
+
+
+def evaluate(model, datamodule, trainer_cfg) -> dict:
+    """Held-out loss and perplexity of `model` over the datamodule's validation blocks."""
+    from capgap.lm_module import CausalLMModule  # the loop module imports nothing of ours back
+
+    trainer = build_trainer(trainer_cfg, logger=False, enable_checkpointing=False)
+    res = trainer.validate(CausalLMModule(model), datamodule=datamodule, verbose=False)[0]
+    return {"val_loss": float(res["val/loss"]), "val_ppl": float(res["val/ppl"])}

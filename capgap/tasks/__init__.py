@@ -19,6 +19,7 @@ from capgap.errors import CapgapError
 TASKS = {
     "pretrain": "capgap.tasks.pretrain",
     "evaluate": "capgap.tasks.evaluate",
+    "prune": "capgap.tasks.prune",
 }
 
 

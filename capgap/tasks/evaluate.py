@@ -3,25 +3,26 @@
 import time
 
 from capgap.data.datamodule import CorpusDataModule
-from capgap.lm_module import CausalLMModule
 from capgap.models.params import count_params
 from capgap.models.zoo import load_model
-from capgap.training import build_trainer
+from capgap.training import evaluate
+
+
+def eval_data(cfg, tokenizer) -> CorpusDataModule:
+    e = cfg.eval
+    dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=e.batch_size,
+                          block_size=e.block_size, seed=cfg.seed, eval_batches=e.max_batches)
+    dm.setup()
+    return dm
 
 
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
     model, tokenizer = load_model(cfg.teacher, cfg)
-    e = cfg.eval
-    dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=e.batch_size,
-                          block_size=e.block_size, seed=cfg.seed, eval_batches=e.max_batches)
-    dm.setup()
-    trainer = build_trainer(cfg.trainer, logger=False)
-    res = trainer.validate(CausalLMModule(model), datamodule=dm, verbose=False)[0]
+    res = evaluate(model, eval_data(cfg, tokenizer), cfg.trainer)
     n = count_params(model)
     metrics = {"teacher": cfg.teacher.name, "params": n["total"], "non_embedding": n["non_embedding"],
-               "val_loss": float(res["val/loss"]), "val_ppl": float(res["val/ppl"]),
-               "wall_time_s": time.perf_counter() - start, "objective": float(res["val/loss"])}
+               **res, "wall_time_s": time.perf_counter() - start, "objective": res["val_loss"]}
     print(f"[capgap] {cfg.teacher.name} ({n['total']:,} parameters): held-out loss "
           f"{metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}")
     return metrics

@@ -1,0 +1,176 @@
+"""Make the student a task distills: pruned from the teacher, scratch, or a checkpoint.
+
+Data flows one way: teacher → scores (cached) → plan → sliced student.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from capgap.data.datamodule import CorpusDataModule
+from capgap.data.token_cache import cache_key
+from capgap.errors import CapgapError
+from capgap.law.sizes import parse_size
+from capgap.models import micro
+from capgap.models.params import count_params
+from capgap.models.zoo import build_from_config
+from capgap.prune.plan import make_plan
+from capgap.prune.pruner_module import PrunerModule
+from capgap.prune.scores import block_influence, cache_path, get_scores, load_scores
+from capgap.prune.slicing import load_pruned, slice_model
+from capgap.training import build_trainer
+
+
+def teacher_id(cfg, tokenizer) -> str:
+    """Names the teacher's weights, so cached scores never outlive a change of teacher."""
+    t = cfg.teacher
+    if t.get("path"):
+        cfg_file = Path(t.path) / "config.json"
+        return f"path:{Path(t.path).resolve()}:{cfg_file.stat().st_mtime_ns}"
+    if t.source == "micro":
+        return f"micro:{micro.cache_folder(t, cfg, tokenizer).name}"
+    return f"{t.source}:{t.get('hub_id')}@{t.get('revision')}"
+
+
+def target_size(cfg, teacher) -> int | None:
+    """student.size as a parameter count, checked against the teacher; None means by sparsity."""
+    if cfg.student.get("size") in (None, ""):
+        return None
+    size = parse_size(cfg.student.size)
+    teacher_size = count_params(teacher)["total"]
+    if size >= teacher_size:
+        raise CapgapError(f"student.size={cfg.student.size} is not below the teacher's "
+                          f"{teacher_size:,} parameters (teacher={cfg.teacher.name})")
+    return size
+
+
+def scoring_data(cfg, tokenizer) -> CorpusDataModule:
+    p = cfg.prune
+    dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=p.batch_size,
+                          block_size=p.block_size, seed=cfg.seed)
+    dm.setup()
+    return dm
+
+
+def scores_for(cfg, teacher, tokenizer):
+    """Expressiveness scores through PrunerModule (cached per teacher, data and N); the
+    baselines need no data."""
+    p = cfg.prune
+    if p.method != "expressiveness":
+        return get_scores(teacher, method=p.method, seed=cfg.seed)
+    data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
+    path = cache_path(teacher_id(cfg, tokenizer), data_id, p.n_batches)
+    if path.is_file():
+        return load_scores(path)
+    dm = scoring_data(cfg, tokenizer)
+    if len(dm.train_dataloader()) < p.n_batches:
+        raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
+                          f"({len(dm.train_dataloader())} batches of {p.batch_size}x{p.block_size})")
+    module = PrunerModule(teacher, n_batches=p.n_batches, cache_path=path)
+    # no weight moves, so nothing to clip, checkpoint or validate
+    trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=p.n_batches, logger=False,
+                            enable_checkpointing=False, gradient_clip_val=None, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    teacher.to("cpu")
+    return module.scores
+
+
+def pruned(cfg, teacher, tokenizer):
+    p = cfg.prune
+    size = target_size(cfg, teacher)
+    scores = scores_for(cfg, teacher, tokenizer)
+    influence = None
+    if p.layer_drop == "block_influence":
+        dm = scoring_data(cfg, tokenizer)
+        influence = block_influence(teacher, dm.train_dataloader(), p.n_batches)
+    plan = make_plan(teacher, scores, sparsity=None if size else p.sparsity, size=size,
+                     ranking=p.ranking, multiple=p.multiple, min_heads=p.min_heads,
+                     min_neurons=p.min_neurons, max_head_sparsity=p.max_head_sparsity,
+                     layer_drop=p.layer_drop, drop_layers=p.drop_layers, influence=influence)
+    return slice_model(teacher, plan), plan
+
+
+def scratch_config(teacher, arch: str, size: int) -> dict:
+    """The teacher's depth and head size at the width whose total count lands nearest `size`."""
+    c = teacher.config
+    hidden, heads = c.hidden_size, c.num_attention_heads
+    head_dim = hidden // heads
+    ffn_ratio = (getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden) / hidden
+    same = arch == c.model_type
+    best = None
+    for h in range(1, heads + 1):
+        width = h * head_dim
+        cfg = c.to_dict() if same else {
+            "vocab_size": c.vocab_size, "num_hidden_layers": c.num_hidden_layers,
+            "max_position_embeddings": getattr(c, "max_position_embeddings", None) or c.n_positions,
+            "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
+            "tie_word_embeddings": c.tie_word_embeddings}
+        for k in ("model_type", "architectures", "transformers_version", "_name_or_path", "dtype"):
+            cfg.pop(k, None)
+        cfg.update(hidden_size=width, num_attention_heads=h, intermediate_size=int(round(ffn_ratio * width)))
+        if "num_key_value_heads" in cfg or arch == "llama":
+            cfg["num_key_value_heads"] = h
+        if arch == "gpt2":
+            cfg["n_inner"] = cfg["intermediate_size"]
+        with torch.device("meta"):
+            n = count_params(build_from_config(arch, cfg))["total"]
+        if best is None or abs(n - size) < abs(best[0] - size):
+            best = (n, cfg)
+    return best[1]
+
+
+def scratch(cfg, teacher):
+    size = target_size(cfg, teacher) or int(count_params(teacher)["total"] * (1 - cfg.prune.sparsity))
+    arch = cfg.student.get("arch") or teacher.config.model_type
+    torch.manual_seed(cfg.seed)
+    return build_from_config(arch, scratch_config(teacher, arch, size))
+
+
+def make_student(cfg, teacher, tokenizer) -> tuple[torch.nn.Module, dict]:
+    """(student, info): info has the plan (pruned students) and the student's sizes."""
+    init = cfg.student.init
+    plan = None
+    if init == "pruned":
+        student, plan = pruned(cfg, teacher, tokenizer)
+    elif init == "scratch":
+        student = scratch(cfg, teacher)
+    elif init == "path":
+        path = Path(cfg.student.path)
+        if not (path / "config.json").is_file():
+            raise CapgapError(f"student.path={path} is not a checkpoint folder (no config.json)")
+        student = load_pruned(path)
+    else:
+        raise CapgapError(f"student.init={init} is not one of pruned, scratch, path")
+    s_vocab = student.get_input_embeddings().weight.shape[0]
+    t_vocab = teacher.get_input_embeddings().weight.shape[0]
+    if s_vocab != t_vocab:
+        raise CapgapError(f"student vocabulary ({s_vocab}) differs from teacher={cfg.teacher.name}'s "
+                          f"({t_vocab}); distillation needs a shared tokenizer")
+    n, t = count_params(student), count_params(teacher)
+    info = {"plan": plan, "student_params": n["total"], "student_non_embedding": n["non_embedding"],
+            "teacher_params": t["total"], "teacher_non_embedding": t["non_embedding"],
+            # the paper's sparsity is over the layers (p' = 1 - sqrt(1 - p) per component);
+            # embeddings shrink only with the hidden size, so total sparsity is lower
+            "sparsity": 1 - n["non_embedding"] / t["non_embedding"],
+            "sparsity_total": 1 - n["total"] / t["total"]}
+    return student, info
+
+
+def config_hash(cfg, drop=("paths", "hydra", "force")) -> str:
+    """Same experiment, same hash: what identifies a run for resume and for the store."""
+    c = OmegaConf.to_container(cfg, resolve=False)
+    for k in drop:
+        c.pop(k, None)
+    return hashlib.sha256(repr(sorted(_flatten(c))).encode()).hexdigest()[:16]
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", repr(v)

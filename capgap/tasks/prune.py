@@ -1,0 +1,54 @@
+"""task=prune: teacher → scores → plan → sliced student saved in the run dir, with a summary."""
+
+import time
+
+from torch.utils.tensorboard import SummaryWriter
+
+from capgap.errors import CapgapError
+from capgap.models.zoo import load_model
+from capgap.prune.slicing import atomic_dir, save_pruned
+from capgap.prune.summary import summary
+from capgap.student import make_student
+from capgap.tasks.evaluate import eval_data
+from capgap.training import evaluate
+
+
+def save_student(student, plan, tokenizer, folder):
+    """HF folder + tokenizer (+ capgap_plan.json), all appearing at once or not at all."""
+    with atomic_dir(folder) as tmp:
+        if plan is not None:
+            save_pruned(student, plan, tmp)
+        else:
+            student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def run(cfg, run_dir) -> dict:
+    if cfg.student.init != "pruned":
+        raise CapgapError(f"task=prune makes pruned students; student.init={cfg.student.init} (use student=pruned)")
+    start = time.perf_counter()
+    teacher, tokenizer = load_model(cfg.teacher, cfg)
+    student, info = make_student(cfg, teacher, tokenizer)
+    plan = info.pop("plan")
+    table, scalars = summary(teacher, student, plan)
+    dm = eval_data(cfg, tokenizer)
+    teacher_eval = evaluate(teacher, dm, cfg.trainer)
+    student_eval = evaluate(student, dm, cfg.trainer)
+    folder = save_student(student, plan, tokenizer, run_dir / "student")
+    with SummaryWriter(str(run_dir / "tb")) as tb:
+        tb.add_text("prune/summary", "```\n" + table + "\n```")
+        for k, v in scalars.items():
+            tb.add_scalar(f"prune/{k}", v)
+        tb.add_scalar("prune/val_loss/teacher", teacher_eval["val_loss"])
+        tb.add_scalar("prune/val_loss/student", student_eval["val_loss"])
+    metrics = {"teacher": cfg.teacher.name, **info, "method": cfg.prune.method,
+               "teacher_val_loss": teacher_eval["val_loss"], "val_loss": student_eval["val_loss"],
+               "val_ppl": student_eval["val_ppl"], "student_dir": str(folder),
+               "wall_time_s": time.perf_counter() - start, "objective": student_eval["val_loss"]}
+    print(table)
+    print(f"[capgap] {cfg.teacher.name} -> {info['student_params']:,} parameters "
+          f"(sparsity {info['sparsity']:.1%}, {cfg.prune.method}): held-out loss "
+          f"{teacher_eval['val_loss']:.4f} -> {student_eval['val_loss']:.4f} before distillation; "
+          f"saved {folder}")
+    return metrics
