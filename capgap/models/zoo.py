@@ -25,18 +25,31 @@ def build_from_config(arch: str, config: dict):
     return AutoModelForCausalLM.from_config(hf_config)
 
 
-def load_local(path: str | Path, key: str = "teacher.path", dtype=torch.float32):
+def check_checkpoint(path, key: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise CapgapError(f"{key}={path} does not exist")
     if not (path / "config.json").is_file():
         raise CapgapError(f"{key}={path} is not a Hugging Face checkpoint folder (no config.json)")
+    return path
+
+
+def load_local(path: str | Path, key: str = "teacher.path", dtype=torch.float32):
+    path = check_checkpoint(path, key)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise CapgapError(f"{key}={path} cannot be loaded: {str(e).splitlines()[0]}") from None
     return model, tokenizer
+
+
+def load_local_tokenizer(path, key: str = "teacher.path"):
+    check_checkpoint(path, key)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CapgapError(f"{key}={path} has no usable tokenizer: {str(e).splitlines()[0]}") from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -92,6 +105,18 @@ def load_smollm2(cfg, cache_dir: Path):
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     return load_local(out)
+
+
+def load_tokenizer(model_cfg, cfg):
+    """The tokenizer alone, cheaply: tasks tokenize (and so check) their data before loading
+    or pretraining a model, so a bad corpus fails in seconds."""
+    if model_cfg.get("path"):
+        return load_local_tokenizer(model_cfg.path)
+    if model_cfg.source == "micro":
+        from capgap.models.micro import micro_tokenizer
+
+        return micro_tokenizer(model_cfg, cfg)
+    return load_model(model_cfg, cfg)[1]
 
 
 def load_model(model_cfg, cfg):

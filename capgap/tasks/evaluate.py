@@ -4,7 +4,7 @@ import time
 
 from capgap.data.datamodule import CorpusDataModule
 from capgap.models.params import count_params
-from capgap.models.zoo import load_model
+from capgap.models.zoo import load_model, load_tokenizer
 from capgap.training import evaluate
 
 
@@ -18,8 +18,9 @@ def eval_data(cfg, tokenizer) -> CorpusDataModule:
 
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
-    model, tokenizer = load_model(cfg.teacher, cfg)
-    res = evaluate(model, eval_data(cfg, tokenizer), cfg.trainer)
+    dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
+    model, _ = load_model(cfg.teacher, cfg)
+    res = evaluate(model, dm, cfg.trainer)
     n = count_params(model)
     metrics = {"teacher": cfg.teacher.name, "params": n["total"], "non_embedding": n["non_embedding"],
                **res, "wall_time_s": time.perf_counter() - start, "objective": res["val_loss"]}

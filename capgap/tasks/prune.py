@@ -5,7 +5,7 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 
 from capgap.errors import CapgapError
-from capgap.models.zoo import load_model
+from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.slicing import atomic_dir, save_pruned
 from capgap.prune.summary import summary
 from capgap.student import make_student
@@ -28,11 +28,11 @@ def run(cfg, run_dir) -> dict:
     if cfg.student.init != "pruned":
         raise CapgapError(f"task=prune makes pruned students; student.init={cfg.student.init} (use student=pruned)")
     start = time.perf_counter()
+    dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
     teacher, tokenizer = load_model(cfg.teacher, cfg)
     student, info = make_student(cfg, teacher, tokenizer)
     plan = info.pop("plan")
     table, scalars = summary(teacher, student, plan)
-    dm = eval_data(cfg, tokenizer)
     teacher_eval = evaluate(teacher, dm, cfg.trainer)
     student_eval = evaluate(student, dm, cfg.trainer)
     folder = save_student(student, plan, tokenizer, run_dir / "student")
