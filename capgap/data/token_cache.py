@@ -57,7 +57,7 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
         with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
             files = {"train": ftrain, "val": fval}
             batch: list[str] = []
-            bar = tqdm(desc="tokenizing", unit="doc", dynamic_ncols=True)
+            bar = tqdm(desc="tokenizing", unit="doc", dynamic_ncols=True, disable=None)  # None: no bar in logs
 
             def flush():
                 encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
