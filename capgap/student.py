@@ -160,7 +160,7 @@ def make_student(cfg, teacher, tokenizer) -> tuple[torch.nn.Module, dict]:
     return student, info
 
 
-def config_hash(cfg, drop=("paths", "hydra", "force")) -> str:
+def config_hash(cfg, drop=("paths", "hydra", "store")) -> str:
     """Same experiment, same hash: what identifies a run for resume and for the store."""
     c = OmegaConf.to_container(cfg, resolve=False)
     for k in drop:

@@ -1,0 +1,82 @@
+"""Callbacks that connect a run to the law: one row per finished run in the store, and the
+fit of the law when a multirun ends."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback as HydraCallback
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+
+from capgap.errors import CapgapError
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class StoreCallback(Callback):
+    """Writes the run's final held-out metrics into the store after the closing full
+    validation (not the periodic ones), and a failed row if training raises; also sends the
+    hyperparameters and final metrics to TensorBoard's HParams view."""
+
+    def __init__(self, store, row: dict, hparams: dict, tokens_per_step: int, replace: bool = False):
+        self.store, self.row, self.hparams, self.replace = store, dict(row), hparams, replace
+        self.tokens_per_step = tokens_per_step
+        self.t0 = time.perf_counter()
+        self.written = False
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.state.fn != TrainerFn.VALIDATING or trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        loss = metrics.get("val/loss", math.nan)
+        row = {**self.row, "tokens": trainer.global_step * self.tokens_per_step,
+               "wall_time_s": time.perf_counter() - self.t0}
+        if math.isfinite(loss):
+            row.update(status="done", metric_name="val_loss", metric=loss,
+                       perplexity=metrics.get("val/ppl"), extra=metrics)
+        else:
+            row.update(status="failed", error=f"final held-out loss is {loss}")
+        self.store.record(row, replace=self.replace)
+        self.written = True
+        if trainer.logger is not None and row["status"] == "done":
+            trainer.logger.log_hyperparams(self.hparams, {"hp/val_loss": loss, "hp/val_ppl": metrics.get("val/ppl", math.nan)})
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.written:
+            return
+        error = f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}"
+        self.store.record({**self.row, "status": "failed", "error": error[:2000],
+                           "wall_time_s": time.perf_counter() - self.t0})
+        self.written = True
+
+
+class FitLawOnMultirunEnd(HydraCallback):
+    """After a sweep, fit T* = a*S + b over the store and draw the plots in the sweep dir.
+    A sweep that cannot be fitted yet (one teacher, one student size) says why in one line."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from capgap.law.fit import fit, points_from_rows
+        from capgap.law.plots import save_plots
+        from capgap.law.store import Store
+
+        store = Store(config.store.get("url"))
+        out = Path(config.hydra.sweep.dir)
+        try:
+            result = fit(points_from_rows(store.results(), f"store {store.name}"))
+        except CapgapError as e:
+            print(f"[capgap] no law fitted: {e}")
+            return
+        print(result.table())
+        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
+            print(f"[capgap] wrote {path}")
