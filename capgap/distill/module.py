@@ -1,0 +1,168 @@
+"""DistillModule: the plain LM training loop with the loss swapped for distillation.
+
+total = alpha·CE(labels) + kd_weight·T²·D(teacher, student) + γ_hidden·MSE + γ_attention·KL
+
+The teacher is frozen, in eval mode, run under `torch.no_grad()` (not inference_mode: its
+hidden states feed the intermediate losses' graphs) and kept in a tuple, so it is not a
+submodule: Lightning neither optimises it nor writes it into checkpoints. It follows the
+student to its device at the start of fit/validation, optionally cast to a lower precision.
+The KD term comes from the final hidden states through each LM head a chunk of tokens at a
+time (capgap.distill.chunked), so full-vocabulary logits of the batch never exist in training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MeanMetric
+
+from capgap.distill.chunked import CHUNK_SIZE, chunked_kd_loss
+from capgap.distill.intermediate import HiddenStateMSE, attention_kl, layer_map
+from capgap.distill.losses import IGNORE, KDLoss, get_kd_loss, shift_labels
+from capgap.errors import CapgapError
+from capgap.lm_module import CausalLMModule
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_vocabularies(teacher, student) -> None:
+    t, s = vocab_size(teacher), vocab_size(student)
+    if t != s:
+        raise CapgapError(f"teacher vocabulary has {t} tokens but the student's has {s}: KD compares "
+                          "the two next-token distributions, so both need the same tokenizer")
+
+
+def teacher_dtype(name):
+    if name in (None, "null", "none"):
+        return None
+    if name not in DTYPES:
+        raise CapgapError(f"distill.teacher_dtype={name} is not one of {', '.join(DTYPES)} (or null)")
+    return DTYPES[name]
+
+
+class DistillModule(CausalLMModule):
+    def __init__(self, student, teacher, loss: KDLoss | None = None, chunk_size: int = CHUNK_SIZE,
+                 teacher_dtype: torch.dtype | None = None, hidden_weight: float = 0.0,
+                 attention_weight: float = 0.0, mapping: str = "uniform", k: int | None = None,
+                 pairs=None, **optim):
+        super().__init__(student, **optim)
+        check_vocabularies(teacher, student)
+        self.kd_loss = loss or KDLoss()
+        self.chunk_size = chunk_size
+        teacher.eval().requires_grad_(False)
+        if teacher_dtype is not None:
+            teacher.to(teacher_dtype)
+        self._teacher = (teacher,)  # a tuple hides it from nn.Module: no state_dict, no optimiser
+        self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+        self.layer_pairs = None
+        self.hidden_loss = None
+        if hidden_weight or attention_weight:
+            self.layer_pairs = layer_map(student.config.num_hidden_layers,
+                                         teacher.config.num_hidden_layers, mapping, k, pairs)
+        if hidden_weight:
+            # a submodule: its projections (narrower student) are checkpointed and optimised
+            self.hidden_loss = HiddenStateMSE(self.layer_pairs, _width(student), _width(teacher))
+        if attention_weight:
+            # attention probabilities exist only with eager attention
+            for m in (student, teacher):
+                m.set_attn_implementation("eager")
+        self.teacher_val = MeanMetric()
+        self._teacher_val_losses: dict[int, float] = {}  # per validation-set size: computed once
+        self._teacher_val_pending = False
+
+    @property
+    def teacher(self):
+        return self._teacher[0]
+
+    @property
+    def uses_teacher(self) -> bool:
+        """False for the CE-only baseline (alpha 1, no KD or intermediate term): no teacher forward."""
+        return bool(self.kd_loss.kd_weight or self.hidden_weight or self.attention_weight)
+
+    def extra_parameters(self):
+        return list(self.hidden_loss.parameters()) if self.hidden_loss is not None else []
+
+    def _place_teacher(self):
+        t = self.teacher
+        if next(t.parameters()).device != self.device:
+            t.to(self.device)
+
+    def on_fit_start(self):
+        self._place_teacher()
+
+    def on_validation_start(self):
+        self._place_teacher()
+
+    # -- training loss --
+    def compute_loss(self, batch) -> dict[str, torch.Tensor]:
+        if not self.uses_teacher:
+            return super().compute_loss(batch)
+        ids, labels = batch["input_ids"], batch["labels"]
+        want_h, want_a = self.hidden_loss is not None, bool(self.attention_weight)
+        kw = dict(output_hidden_states=want_h, output_attentions=want_a)
+        # base_model: the final hidden states (after the final norm), without the full logits
+        s = self.model.base_model(input_ids=ids, **kw)
+        with torch.no_grad():
+            t = self.teacher.base_model(input_ids=ids, **kw)
+        out = chunked_kd_loss(s.last_hidden_state, self.model.get_output_embeddings(),
+                              t.last_hidden_state, self.teacher.get_output_embeddings(),
+                              shift_labels(labels), self.kd_loss, self.chunk_size)
+        parts = {"ce": out.ce, "kd": out.kd}
+        total = out.loss
+        mask = labels != IGNORE  # positions holding a real token (padding excluded)
+        if want_h:
+            parts["hidden"] = self.hidden_loss(s.hidden_states, t.hidden_states, mask)
+            total = total + self.hidden_weight * parts["hidden"]
+        if want_a:
+            parts["attention"] = attention_kl(s.attentions, t.attentions, self.layer_pairs, mask=mask)
+            total = total + self.attention_weight * parts["attention"]
+        parts["loss"] = total
+        return parts
+
+    # -- held-out evaluation: the student's loss every time, the teacher's once per split --
+    def on_validation_epoch_start(self):
+        self._teacher_val_pending = self._val_key() not in self._teacher_val_losses
+
+    def _val_key(self) -> int:
+        loaders = self.trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        return len(loader.dataset)
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        if self._teacher_val_pending:
+            out = self.teacher(input_ids=batch["input_ids"], labels=batch["labels"])
+            self.teacher_val.update(out.loss.float(), (batch["labels"][:, 1:] != IGNORE).sum())
+
+    def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
+        key = self._val_key()
+        if self._teacher_val_pending:
+            self._teacher_val_losses[key] = float(self.teacher_val.compute())
+            self.teacher_val.reset()
+            self._teacher_val_pending = False
+        # logged at every evaluation (a flat reference line), computed only once
+        self.log("val/teacher_loss", self._teacher_val_losses[key])
+
+
+def _width(model) -> int:
+    return model.get_input_embeddings().weight.shape[1]
+
+
+def from_config(student, teacher, d, total_steps: int, log_every: int = 10) -> DistillModule:
+    """A DistillModule from a `distill` config node (conf/distill/*.yaml)."""
+    loss_cfg = dict(d.loss)
+    name = loss_cfg.pop("name", "soft_ce")
+    inter = d.get("intermediate") or {}
+    return DistillModule(
+        student, teacher, get_kd_loss(name, **loss_cfg), chunk_size=d.chunk_size,
+        teacher_dtype=teacher_dtype(d.get("teacher_dtype")),
+        hidden_weight=float(inter.get("hidden", 0.0) or 0.0),
+        attention_weight=float(inter.get("attention", 0.0) or 0.0),
+        mapping=inter.get("mapping", "uniform"), k=inter.get("k"), pairs=inter.get("pairs"),
+        lr=d.lr, betas=tuple(d.betas), weight_decay=d.weight_decay,
+        warmup_fraction=d.warmup_fraction, min_lr_ratio=d.min_lr_ratio,
+        total_steps=total_steps, log_every=log_every)
