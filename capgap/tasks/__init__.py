@@ -20,6 +20,7 @@ TASKS = {
     "pretrain": "capgap.tasks.pretrain",
     "evaluate": "capgap.tasks.evaluate",
     "prune": "capgap.tasks.prune",
+    "distill": "capgap.tasks.distill",
 }
 
 

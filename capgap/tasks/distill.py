@@ -1,0 +1,67 @@
+"""task=distill: teacher → student (pruned, scratch or a checkpoint) → distill on distill.tokens
+→ held-out metrics and the student, saved in the run dir.
+
+Checkpoints live under the cache, keyed by a hash of the config (not the run dir), so running
+the same command again after an interruption resumes from its last checkpoint.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from capgap.data.datamodule import CorpusDataModule
+from capgap.distill.module import from_config
+from capgap.models.zoo import load_model
+from capgap.prune.plan import Plan
+from capgap.prune.slicing import PLAN_FILE
+from capgap.student import config_hash, make_student
+from capgap.tasks.prune import save_student
+from capgap import training
+
+
+def checkpoint_dir(cfg) -> Path:
+    return Path(cfg.paths.cache_dir) / "checkpoints" / f"distill-{config_hash(cfg)}"
+
+
+def student_plan(cfg, info):
+    """The pruning plan to save the student with: the one just made, or the one saved beside a
+    student.path checkpoint (a non-uniform student cannot be saved as a stock HF folder)."""
+    if info.get("plan") is not None:
+        return info["plan"]
+    if cfg.student.init == "path":
+        f = Path(cfg.student.path) / PLAN_FILE
+        if f.is_file():
+            return Plan.from_dict(json.loads(f.read_text())["plan"])
+    return None
+
+
+def run(cfg, run_dir) -> dict:
+    start = time.perf_counter()
+    d = cfg.distill
+    teacher, tokenizer = load_model(cfg.teacher, cfg)
+    student, info = make_student(cfg, teacher, tokenizer)
+    plan = student_plan(cfg, info)
+    info.pop("plan", None)
+    dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=d.batch_size,
+                          block_size=d.block_size, seed=cfg.seed, eval_batches=d.eval_batches)
+    dm.setup()
+    steps = training.steps_for(d.tokens, dm.tokens_per_batch)
+    module = from_config(student, teacher, d, steps, log_every=cfg.trainer.get("log_every_n_steps", 10))
+    ckpt_dir = checkpoint_dir(cfg)
+    resumed = (ckpt_dir / "last.ckpt").is_file()
+    trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir, steps)
+    folder = save_student(module.model, plan, tokenizer, run_dir / "student")
+    if not d.get("keep_checkpoint"):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info,
+               "loss": d.loss.name, "alpha": float(d.loss.alpha),
+               "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * dm.tokens_per_batch,
+               "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],
+               "teacher_val_loss": res.get("val/teacher_loss"), "student_dir": str(folder),
+               "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
+    print(f"[capgap] distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
+          f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
+          f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
+          f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")
+    return metrics
