@@ -98,7 +98,7 @@ def test_empty_corpus_is_one_clear_error(tmp_path, tokenizer):
 def test_block_longer_than_corpus_is_one_clear_error(tmp_path, tokenizer):
     dm = CorpusDataModule(tokenizer, local_cfg(make_corpus(tmp_path)), tmp_path / "cache",
                           block_size=100_000)
-    with pytest.raises(CapgapError, match="data.block_size=100000"):
+    with pytest.raises(CapgapError, match="block_size=100000 is longer"):
         dm.setup()
 
 

@@ -16,11 +16,12 @@ from capgap.errors import CapgapError
 class CorpusDataModule(L.LightningDataModule):
     def __init__(self, tokenizer, data_cfg, cache_dir: str | Path, batch_size: int = 16,
                  block_size: int = 128, num_workers: int = 0, seed: int = 0,
-                 eval_batches: int | None = None):
+                 eval_batches: int | None = None, block_key: str = "block_size"):
         super().__init__()
         self.tokenizer, self.data_cfg = tokenizer, data_cfg
         self.cache_dir, self.batch_size, self.block_size = Path(cache_dir), batch_size, block_size
         self.num_workers, self.seed, self.eval_batches = num_workers, seed, eval_batches
+        self.block_key = block_key  # the config key that set block_size, named in errors
         self.tokenized = False  # whether this module had to tokenize (tests check the cache)
         self.folder: Path | None = None
 
@@ -36,7 +37,7 @@ class CorpusDataModule(L.LightningDataModule):
         for split, stream in self.streams.items():
             if self.block_size > len(stream):
                 raise CapgapError(
-                    f"data.block_size={self.block_size} is longer than the {split} split of the "
+                    f"{self.block_key}={self.block_size} is longer than the {split} split of the "
                     f"corpus ({len(stream)} tokens); lower it or give more text")
         eos = self.meta["eos_token_id"]
         self.train_set = PackedBlocks(self.streams["train"], self.block_size, eos)

@@ -42,7 +42,8 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
     """Train `model` from scratch on `tokens` tokens of `data_cfg`; returns final metrics."""
     p = cfg.pretrain
     dm = CorpusDataModule(tokenizer, data_cfg, cfg.paths.cache_dir, batch_size=p.batch_size,
-                          block_size=p.block_size, seed=cfg.seed, eval_batches=p.eval_batches)
+                          block_size=p.block_size, seed=cfg.seed, eval_batches=p.eval_batches,
+                          block_key="pretrain.block_size")
     dm.setup()
     steps = training.steps_for(tokens, dm.tokens_per_batch)
     module = CausalLMModule(model, lr=p.lr, weight_decay=p.weight_decay,

@@ -11,7 +11,8 @@ from capgap.training import evaluate
 def eval_data(cfg, tokenizer) -> CorpusDataModule:
     e = cfg.eval
     dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=e.batch_size,
-                          block_size=e.block_size, seed=cfg.seed, eval_batches=e.max_batches)
+                          block_size=e.block_size, seed=cfg.seed, eval_batches=e.max_batches,
+                          block_key="eval.block_size")
     dm.setup()
     return dm
 
