@@ -92,6 +92,9 @@ class DistillModule(CausalLMModule):
 
     def on_fit_start(self):
         self._place_teacher()
+        # a student sliced from a loaded teacher arrives in eval mode; Lightning keeps the mode
+        # it finds, and training wants dropout where the architecture has it
+        self.model.train()
 
     def on_validation_start(self):
         self._place_teacher()
