@@ -21,6 +21,7 @@ TASKS = {
     "evaluate": "capgap.tasks.evaluate",
     "prune": "capgap.tasks.prune",
     "distill": "capgap.tasks.distill",
+    "study": "capgap.tasks.study",
 }
 
 

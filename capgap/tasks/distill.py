@@ -12,7 +12,7 @@ from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
 from capgap.distill.module import from_config
-from capgap.models.zoo import load_model
+from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
 from capgap.student import config_hash, make_student
@@ -36,21 +36,27 @@ def student_plan(cfg, info):
     return None
 
 
-def run(cfg, run_dir) -> dict:
+def run(cfg, run_dir, callbacks=()) -> dict:
+    """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
+    student exists (task=study adds the one that writes the store)."""
     start = time.perf_counter()
     d = cfg.distill
+    # tokenize first: a bad corpus fails before a teacher is loaded or pretrained
+    dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg), cfg.data, cfg.paths.cache_dir,
+                          batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
+                          eval_batches=d.eval_batches)
+    dm.setup()
     teacher, tokenizer = load_model(cfg.teacher, cfg)
     student, info = make_student(cfg, teacher, tokenizer)
     plan = student_plan(cfg, info)
     info.pop("plan", None)
-    dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=d.batch_size,
-                          block_size=d.block_size, seed=cfg.seed, eval_batches=d.eval_batches)
-    dm.setup()
     steps = training.steps_for(d.tokens, dm.tokens_per_batch)
     module = from_config(student, teacher, d, steps, log_every=cfg.trainer.get("log_every_n_steps", 10))
     ckpt_dir = checkpoint_dir(cfg)
     resumed = (ckpt_dir / "last.ckpt").is_file()
-    trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir, steps)
+    extra = [make(info, dm.tokens_per_batch) for make in callbacks]
+    trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir, steps,
+                                extra_callbacks=extra)
     folder = save_student(module.model, plan, tokenizer, run_dir / "student")
     if not d.get("keep_checkpoint"):
         shutil.rmtree(ckpt_dir, ignore_errors=True)

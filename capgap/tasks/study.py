@@ -1,0 +1,64 @@
+"""task=study (the default): one point of the capacity-gap grid. Prune the teacher to the
+student size, distill, evaluate, and write the result into the law store.
+
+A point the store already has is skipped (store.force=true re-runs it); a point whose
+student is not smaller than its teacher is recorded as skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+
+from omegaconf import OmegaConf
+
+from capgap.callbacks import StoreCallback, git_commit
+from capgap.law.sizes import parse_size
+from capgap.law.store import Store
+from capgap.student import config_hash
+from capgap.tasks import distill
+
+
+def flat_hparams(cfg) -> dict:
+    """The knobs a sweep varies, flattened for TensorBoard's HParams view."""
+    out = {"teacher": cfg.teacher.name, "student.size": str(cfg.student.get("size")),
+           "student.init": cfg.student.init, "seed": cfg.seed}
+    for group in ("prune", "distill"):
+        for k, v in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if isinstance(v, (int, float, str, bool)):
+                out[f"{group}.{k}"] = v
+            elif isinstance(v, dict):
+                out.update({f"{group}.{k}.{kk}": vv for kk, vv in v.items()
+                            if isinstance(vv, (int, float, str, bool))})
+    return out
+
+
+def run(cfg, run_dir) -> dict:
+    start = time.perf_counter()
+    store = Store(cfg.store.get("url"))
+    h = config_hash(cfg)
+    point = f"teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
+    if not cfg.store.force and store.has_done(h):
+        row = next(r for r in store.results("done") if r["config_hash"] == h)
+        print(f"[capgap] {point}: already in store {store.name} (held-out loss {row['metric']:.4f}); "
+              "skipped (store.force=true re-runs it)")
+        return {"status": "cached", "config_hash": h, "val_loss": row["metric"], "objective": row["metric"]}
+    size = cfg.student.get("size")
+    if size not in (None, "") and parse_size(size) >= cfg.teacher.params:
+        reason = (f"student.size={size} is not below teacher={cfg.teacher.name} "
+                  f"({cfg.teacher.params:,} parameters)")
+        store.record({"config_hash": h, "status": "skipped", "error": reason,
+                      "teacher": cfg.teacher.name, "teacher_params": cfg.teacher.params, "seed": cfg.seed})
+        print(f"[capgap] {point}: skipped: {reason}")
+        return {"status": "skipped", "reason": reason, "config_hash": h, "objective": None}
+
+    def store_callback(info, tokens_per_step):
+        row = {"config_hash": h, "teacher": cfg.teacher.name, "teacher_params": info["teacher_params"],
+               "teacher_non_embedding": info["teacher_non_embedding"],
+               "student_params": info["student_params"], "student_non_embedding": info["student_non_embedding"],
+               "sparsity": info["sparsity"], "seed": cfg.seed,
+               "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit()}
+        return StoreCallback(store, row, flat_hparams(cfg), tokens_per_step, replace=cfg.store.force)
+
+    metrics = distill.run(cfg, run_dir, callbacks=[store_callback])
+    metrics.update(status="done", config_hash=h, study_wall_time_s=time.perf_counter() - start)
+    return metrics
