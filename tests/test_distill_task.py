@@ -164,3 +164,16 @@ def test_run_py_killed_by_sigkill_resumes(tiny_setup, tmp_path):
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert m["resumed"] and m["steps"] == 40
+
+
+def test_intermediate_matching_through_the_task(tiny_setup, tmp_path):
+    """distill=attention plus a hidden-state weight: both terms logged, the pruned (narrower)
+    student's projections trained, and the student still saves as a plain student."""
+    root, corpus = tiny_setup
+    cfg = config(root, corpus, tmp_path / "run", "distill=attention", "distill.intermediate.hidden=0.5",
+                 "distill.tokens=256")
+    m = run_task(cfg)
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/hidden" in header and "train/attention" in header
+    student = load_pruned(tmp_path / "run" / "student")
+    assert sum(p.numel() for p in student.parameters()) == m["student_params"]
