@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from capgap.errors import CapgapError
@@ -49,8 +50,10 @@ class StoreCallback(Callback):
             row.update(status="failed", error=f"final held-out loss is {loss}")
         self.store.record(row, replace=self.replace)
         self.written = True
-        if trainer.logger is not None and row["status"] == "done":
-            trainer.logger.log_hyperparams(self.hparams, {"hp/val_loss": loss, "hp/val_ppl": metrics.get("val/ppl", math.nan)})
+        if isinstance(trainer.logger, TensorBoardLogger) and row["status"] == "done":
+            # HParams view: one row per run, comparable across a sweep
+            trainer.logger.log_hyperparams(self.hparams, {"hp/val_loss": loss,
+                                                          "hp/val_ppl": metrics.get("val/ppl", math.nan)})
 
     def on_exception(self, trainer, pl_module, exception):
         if self.written:

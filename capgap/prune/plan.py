@@ -206,6 +206,14 @@ def _solve(model, plan, size: int, n_groups: int) -> Plan:
     p_hidden = 1 - len(best[1].hidden) / model.config.hidden_size
     p_heads = 1 - sum(map(len, best[1].heads)) / n_groups
     bisect(lambda p: count(p_hidden, p_heads, p))
+    # on small models one step of hidden moves the count by more than 1% (embeddings are
+    # most of it): try the neighbouring hidden widths too, tuning neurons for each
+    step = 1 / model.config.hidden_size
+    for shift in (-8, -4, -2, -1, 1, 2, 4, 8):
+        if best[0] <= 0.01 * size:
+            break
+        p = min(max(p_hidden + shift * step * 4, 0.0), 0.999)
+        bisect(lambda q, p=p: count(p, p_heads, q))
     if best[0] > 0.01 * size:
         raise CapgapError(f"student.size={size} cannot be reached within 1% (nearest "
                           f"{size + best[0]:.0f} or {size - best[0]:.0f}); try a smaller prune.multiple")
