@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
+from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.module import from_config
 from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.plan import Plan
@@ -55,8 +56,15 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     ckpt_dir = checkpoint_dir(cfg)
     resumed = (ckpt_dir / "last.ckpt").is_file()
     extra = [make(info, dm.tokens_per_batch) for make in callbacks]
+    ft_tokens, ft_scale = finetune_settings(d)
+    # the callbacks (the study's store row) see the last stage: the student that is saved
     trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir, steps,
-                                extra_callbacks=extra)
+                                extra_callbacks=() if ft_tokens else extra)
+    before = res
+    if ft_tokens:
+        ft_trainer, res = finetune(module.model, dm, d, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir,
+                                   ft_tokens, ft_scale, log_every=cfg.trainer.get("log_every_n_steps", 10),
+                                   extra_callbacks=extra)
     folder = save_student(module.model, plan, tokenizer, run_dir / "student")
     if not d.get("keep_checkpoint"):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -64,8 +72,13 @@ def run(cfg, run_dir, callbacks=()) -> dict:
                "loss": d.loss.name, "alpha": float(d.loss.alpha),
                "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * dm.tokens_per_batch,
                "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],
-               "teacher_val_loss": res.get("val/teacher_loss"), "student_dir": str(folder),
+               "teacher_val_loss": before.get("val/teacher_loss"), "student_dir": str(folder),
                "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
+    if ft_tokens:
+        # val_loss is the final student's; the distilled one's stays beside it for the ablation
+        metrics.update(val_loss_distilled=before["val/loss"], finetune_steps=int(ft_trainer.global_step),
+                       finetune_tokens=int(ft_trainer.global_step) * dm.tokens_per_batch,
+                       finetune_lr=float(d.lr * ft_scale))
     print(f"[capgap] distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
           f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
           f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
