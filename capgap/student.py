@@ -56,14 +56,15 @@ def scoring_data(cfg, tokenizer) -> CorpusDataModule:
     return dm
 
 
-def scores_for(cfg, teacher, tokenizer):
+def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     """Expressiveness scores through PrunerModule (cached per teacher, data and N); the
-    baselines need no data."""
+    baselines need no data. `teacher_key` names a teacher that is not cfg.teacher (a chain's
+    assistant), so its scores get their own cache entry."""
     p = cfg.prune
     if p.method != "expressiveness":
         return get_scores(teacher, method=p.method, seed=cfg.seed)
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
-    path = cache_path(teacher_id(cfg, tokenizer), data_id, p.n_batches)
+    path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches)
     if path.is_file():
         return load_scores(path)
     dm = scoring_data(cfg, tokenizer)
@@ -79,10 +80,10 @@ def scores_for(cfg, teacher, tokenizer):
     return module.scores
 
 
-def pruned(cfg, teacher, tokenizer):
+def pruned(cfg, teacher, tokenizer, teacher_key=None):
     p = cfg.prune
     size = target_size(cfg, teacher)
-    scores = scores_for(cfg, teacher, tokenizer)
+    scores = scores_for(cfg, teacher, tokenizer, teacher_key)
     influence = None
     if p.layer_drop == "block_influence":
         dm = scoring_data(cfg, tokenizer)
@@ -130,12 +131,12 @@ def scratch(cfg, teacher):
     return build_from_config(arch, scratch_config(teacher, arch, size))
 
 
-def make_student(cfg, teacher, tokenizer) -> tuple[torch.nn.Module, dict]:
+def make_student(cfg, teacher, tokenizer, teacher_key=None) -> tuple[torch.nn.Module, dict]:
     """(student, info): info has the plan (pruned students) and the student's sizes."""
     init = cfg.student.init
     plan = None
     if init == "pruned":
-        student, plan = pruned(cfg, teacher, tokenizer)
+        student, plan = pruned(cfg, teacher, tokenizer, teacher_key)
     elif init == "scratch":
         student = scratch(cfg, teacher)
     elif init == "path":
@@ -150,14 +151,18 @@ def make_student(cfg, teacher, tokenizer) -> tuple[torch.nn.Module, dict]:
     if s_vocab != t_vocab:
         raise CapgapError(f"student vocabulary ({s_vocab}) differs from teacher={cfg.teacher.name}'s "
                           f"({t_vocab}); distillation needs a shared tokenizer")
+    return student, {"plan": plan, **size_info(student, teacher)}
+
+
+def size_info(student, teacher) -> dict:
+    """The student's sizes and its sparsity against `teacher`."""
     n, t = count_params(student), count_params(teacher)
-    info = {"plan": plan, "student_params": n["total"], "student_non_embedding": n["non_embedding"],
+    return {"student_params": n["total"], "student_non_embedding": n["non_embedding"],
             "teacher_params": t["total"], "teacher_non_embedding": t["non_embedding"],
             # the paper's sparsity is over the layers (p' = 1 - sqrt(1 - p) per component);
             # embeddings shrink only with the hidden size, so total sparsity is lower
             "sparsity": 1 - n["non_embedding"] / t["non_embedding"],
             "sparsity_total": 1 - n["total"] / t["total"]}
-    return student, info
 
 
 def config_hash(cfg, drop=("paths", "hydra", "store")) -> str:

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
+from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.module import from_config
 from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.student import config_hash, make_student
+from capgap.student import config_hash, make_student, size_info
 from capgap.tasks.prune import save_student
 from capgap import training
 
@@ -48,13 +49,20 @@ def run(cfg, run_dir, callbacks=()) -> dict:
                           eval_batches=d.eval_batches)
     dm.setup()
     teacher, tokenizer = load_model(cfg.teacher, cfg)
-    student, info = make_student(cfg, teacher, tokenizer)
-    plan = student_plan(cfg, info)
-    info.pop("plan", None)
-    steps = training.steps_for(d.tokens, dm.tokens_per_batch)
-    module = from_config(student, teacher, d, steps, log_every=cfg.trainer.get("log_every_n_steps", 10))
     ckpt_dir = checkpoint_dir(cfg)
     resumed = (ckpt_dir / "last.ckpt").is_file()
+    log_every = cfg.trainer.get("log_every_n_steps", 10)
+    # a teacher-assistant chain distills its assistants first; the last one teaches the student
+    source, source_key, chain = teacher, None, []
+    sizes = planned_sizes(cfg, teacher)
+    if sizes:
+        source, source_key, chain = run_chain(cfg, teacher, tokenizer, dm, run_dir, ckpt_dir, sizes, log_every)
+    student, info = make_student(cfg, source, tokenizer, teacher_key=source_key)
+    plan = student_plan(cfg, info)
+    info.pop("plan", None)
+    info.update(size_info(student, teacher))  # sizes and sparsity against the real teacher
+    steps = training.steps_for(d.tokens, dm.tokens_per_batch)
+    module = from_config(student, source, d, steps, log_every=log_every)
     extra = [make(info, dm.tokens_per_batch) for make in callbacks]
     ft_tokens, ft_scale = finetune_settings(d)
     # the callbacks (the study's store row) see the last stage: the student that is saved
@@ -63,7 +71,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     before = res
     if ft_tokens:
         ft_trainer, res = finetune(module.model, dm, d, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir,
-                                   ft_tokens, ft_scale, log_every=cfg.trainer.get("log_every_n_steps", 10),
+                                   ft_tokens, ft_scale, log_every=log_every,
                                    extra_callbacks=extra)
     folder = save_student(module.model, plan, tokenizer, run_dir / "student")
     if not d.get("keep_checkpoint"):
@@ -74,6 +82,10 @@ def run(cfg, run_dir, callbacks=()) -> dict:
                "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],
                "teacher_val_loss": before.get("val/teacher_loss"), "student_dir": str(folder),
                "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
+    if chain:
+        # teacher_val_loss above is the last assistant's; the real teacher's is the first stage's
+        metrics.update(chain=chain, teacher_val_loss=chain[0]["teacher_val_loss"],
+                       assistant_val_loss=before.get("val/teacher_loss"))
     if ft_tokens:
         # val_loss is the final student's; the distilled one's stays beside it for the ablation
         metrics.update(val_loss_distilled=before["val/loss"], finetune_steps=int(ft_trainer.global_step),
