@@ -24,6 +24,9 @@ class CorpusDataModule(L.LightningDataModule):
         self.block_key = block_key  # the config key that set block_size, named in errors
         self.tokenized = False  # whether this module had to tokenize (tests check the cache)
         self.folder: Path | None = None
+        # a transfer set chosen after setup (capgap.data.transfer); Lightning calls setup again
+        # at fit, which must not bring the plain corpus blocks back
+        self.train_override = None
 
     def prepare_data(self):
         self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
@@ -41,6 +44,8 @@ class CorpusDataModule(L.LightningDataModule):
                     f"corpus ({len(stream)} tokens); lower it or give more text")
         eos = self.meta["eos_token_id"]
         self.train_set = PackedBlocks(self.streams["train"], self.block_size, eos)
+        if self.train_override is not None:
+            self.train_set = self.train_override
         self.val_set = PackedBlocks(self.streams["val"], self.block_size, eos)
 
     @property

@@ -16,6 +16,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from capgap.distill.chunked import CHUNK_SIZE, chunked_kd_loss
+from capgap.distill.hard import hardest, sequence_ce
 from capgap.distill.intermediate import HiddenStateMSE, attention_kl, layer_map
 from capgap.distill.losses import IGNORE, KDLoss, get_kd_loss, shift_labels
 from capgap.errors import CapgapError
@@ -47,7 +48,7 @@ class DistillModule(CausalLMModule):
     def __init__(self, student, teacher, loss: KDLoss | None = None, chunk_size: int = CHUNK_SIZE,
                  teacher_dtype: torch.dtype | None = None, hidden_weight: float = 0.0,
                  attention_weight: float = 0.0, mapping: str = "uniform", k: int | None = None,
-                 pairs=None, **optim):
+                 pairs=None, hard_fraction: float | None = None, **optim):
         super().__init__(student, **optim)
         check_vocabularies(teacher, student)
         self.kd_loss = loss or KDLoss()
@@ -57,6 +58,7 @@ class DistillModule(CausalLMModule):
             teacher.to(teacher_dtype)
         self._teacher = (teacher,)  # a tuple hides it from nn.Module: no state_dict, no optimiser
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
+        self.hard_fraction = hard_fraction  # hard-example mining: share of each batch trained on
         self.layer_pairs = None
         self.hidden_loss = None
         if hidden_weight or attention_weight:
@@ -80,7 +82,7 @@ class DistillModule(CausalLMModule):
     @property
     def uses_teacher(self) -> bool:
         """False for the CE-only baseline (alpha 1, no KD or intermediate term): no teacher forward."""
-        return bool(self.kd_loss.kd_weight or self.hidden_weight or self.attention_weight)
+        return bool(self.kd_loss.kd_weight or self.hidden_weight or self.attention_weight or self.hard_fraction)
 
     def extra_parameters(self):
         return list(self.hidden_loss.parameters()) if self.hidden_loss is not None else []
@@ -110,10 +112,18 @@ class DistillModule(CausalLMModule):
         s = self.model.base_model(input_ids=ids, **kw)
         with torch.no_grad():
             t = self.teacher.base_model(input_ids=ids, **kw)
+        extra = {}
+        if self.hard_fraction:
+            targets = shift_labels(labels)
+            gap = (sequence_ce(s.last_hidden_state, self.model.get_output_embeddings(), targets)
+                   - sequence_ce(t.last_hidden_state, self.teacher.get_output_embeddings(), targets))
+            keep = hardest(gap, self.hard_fraction)
+            labels = labels.masked_fill(~keep[:, None], IGNORE)
+            extra["hard_gap"] = gap[keep].mean()
         out = chunked_kd_loss(s.last_hidden_state, self.model.get_output_embeddings(),
                               t.last_hidden_state, self.teacher.get_output_embeddings(),
                               shift_labels(labels), self.kd_loss, self.chunk_size)
-        parts = {"ce": out.ce, "kd": out.kd}
+        parts = {"ce": out.ce, "kd": out.kd, **extra}
         total = out.loss
         mask = labels != IGNORE  # positions holding a real token (padding excluded)
         if want_h:
@@ -160,12 +170,18 @@ def from_config(student, teacher, d, total_steps: int, log_every: int = 10) -> D
     loss_cfg = dict(d.loss)
     name = loss_cfg.pop("name", "soft_ce")
     inter = d.get("intermediate") or {}
+    hard = None
+    if (d.get("data_strategy") or {}).get("name") == "hard":
+        hard = float(d.data_strategy.get("fraction", 0.5))
+        if not 0 < hard <= 1:
+            raise CapgapError(f"distill.data_strategy.fraction={hard} must be in (0, 1]")
     return DistillModule(
         student, teacher, get_kd_loss(name, **loss_cfg), chunk_size=d.chunk_size,
         teacher_dtype=teacher_dtype(d.get("teacher_dtype")),
         hidden_weight=float(inter.get("hidden", 0.0) or 0.0),
         attention_weight=float(inter.get("attention", 0.0) or 0.0),
         mapping=inter.get("mapping", "uniform"), k=inter.get("k"), pairs=inter.get("pairs"),
+        hard_fraction=hard,
         lr=d.lr, betas=tuple(d.betas), weight_decay=d.weight_decay,
         warmup_fraction=d.warmup_fraction, min_lr_ratio=d.min_lr_ratio,
         total_steps=total_steps, log_every=log_every)

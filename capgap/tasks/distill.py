@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
+from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.module import from_config
 from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.student import config_hash, make_student, size_info
+from capgap.student import config_hash, make_student, size_info, teacher_id
 from capgap.tasks.prune import save_student
 from capgap import training
 
@@ -49,6 +50,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
                           eval_batches=d.eval_batches)
     dm.setup()
     teacher, tokenizer = load_model(cfg.teacher, cfg)
+    # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
+    transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer))
     ckpt_dir = checkpoint_dir(cfg)
     resumed = (ckpt_dir / "last.ckpt").is_file()
     log_every = cfg.trainer.get("log_every_n_steps", 10)
@@ -76,7 +79,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     folder = save_student(module.model, plan, tokenizer, run_dir / "student")
     if not d.get("keep_checkpoint"):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info,
+    metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info, **transfer,
                "loss": d.loss.name, "alpha": float(d.loss.alpha),
                "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * dm.tokens_per_batch,
                "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],

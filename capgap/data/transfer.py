@@ -1,0 +1,151 @@
+"""The transfer set: which blocks distillation trains on (distill.data_strategy).
+
+none:      the corpus blocks as they are.
+generated: blocks sampled from the teacher, each prompted by the first `prompt_tokens` tokens
+           of a corpus block; cached on disk by teacher, data and settings (sampling is the
+           slow part, and a rerun or another student of the same teacher reuses it).
+confident: the `fraction` of corpus blocks the teacher is most confident on, by the mean over
+           predicted positions of its max probability (`by: max_prob`) or of the log-probability
+           of the true next token (`by: neg_loss`).
+hard:      not a data choice: DistillModule keeps, per batch, the sequences where the student
+           lags the teacher most (capgap.distill.hard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from capgap.data.blocks import IGNORE
+from capgap.errors import CapgapError
+
+STRATEGIES = ("none", "generated", "confident", "hard")
+BY = ("max_prob", "neg_loss")
+
+
+class TokenBlocks(Dataset):
+    """Fixed-length blocks from a [n, block] tensor, every position a label."""
+
+    def __init__(self, blocks: torch.Tensor):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i):
+        ids = self.blocks[i].long()
+        return {"input_ids": ids, "labels": ids.clone()}
+
+
+@torch.no_grad()
+def confidence_scores(model, dataset, batch_size: int = 16, by: str = "max_prob") -> torch.Tensor:
+    """Per block, the model's mean confidence over its predicted (non-padding) positions."""
+    if by not in BY:
+        raise CapgapError(f"distill.data_strategy.by={by} is not one of {', '.join(BY)}")
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        ids = torch.stack([r["input_ids"] for r in rows]).to(device)
+        targets = torch.stack([r["labels"] for r in rows])[:, 1:].to(device)
+        logp = F.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
+        valid = targets != IGNORE
+        if by == "max_prob":
+            per_token = logp.max(-1).values.exp()
+        else:
+            per_token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out.append((per_token * valid).sum(1) / valid.sum(1).clamp(min=1))
+    return torch.cat(out).cpu()
+
+
+def most_confident(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices (ascending) of the round(fraction·n) highest scores; at least one."""
+    k = max(1, round(fraction * len(scores)))
+    return torch.sort(torch.topk(scores, k).indices).values
+
+
+@torch.no_grad()
+def generate_blocks(model, dataset, n: int, prompt_tokens: int, block_size: int, eos_id: int,
+                    temperature: float = 1.0, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
+    """[n, block_size] token blocks: each a corpus block's first prompt_tokens tokens continued
+    by sampling from `model` to the full length (EOS suppressed until then: no padding)."""
+    if not 0 < prompt_tokens < block_size:
+        raise CapgapError(f"distill.data_strategy.prompt_tokens={prompt_tokens} must be between 1 and "
+                          f"distill.block_size-1 ({block_size - 1})")
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(dataset), (n,), generator=g)
+    torch.manual_seed(seed)
+    new = block_size - prompt_tokens
+    out = []
+    for start in range(0, n, batch_size):
+        prompt = torch.stack([dataset[int(i)]["input_ids"][:prompt_tokens] for i in picks[start:start + batch_size]])
+        prompt = prompt.to(device)
+        seq = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                             temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=new,
+                             min_new_tokens=new, pad_token_id=eos_id)
+        out.append(seq[:, :block_size].cpu())
+    return torch.cat(out).to(torch.int32)  # int32: a vocabulary fits, half the disk of int64
+
+
+def generated_path(cache_dir, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "transfer" / f"{digest}.pt"
+
+
+def cached_blocks(path: Path, make) -> tuple[torch.Tensor, bool]:
+    """(blocks, made): load `path`, or call make() and save it atomically."""
+    if path.is_file():
+        return torch.load(path, weights_only=True), False
+    blocks = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(blocks, tmp)
+    os.replace(tmp, path)
+    return blocks, True
+
+
+def strategy(d) -> dict:
+    """distill.data_strategy as a plain dict with its name checked."""
+    s = dict(d.get("data_strategy") or {})
+    s.setdefault("name", "none")
+    if s["name"] not in STRATEGIES:
+        raise CapgapError(f"distill.data_strategy.name={s['name']} is not one of {', '.join(STRATEGIES)}")
+    return s
+
+
+def apply_strategy(cfg, dm, teacher, teacher_key: str) -> dict:
+    """Swap dm's training blocks for the transfer set the strategy asks for; info for metrics."""
+    d = cfg.distill
+    s = strategy(d)
+    if s["name"] == "confident":
+        fraction = float(s.get("fraction", 0.5))
+        if not 0 < fraction <= 1:
+            raise CapgapError(f"distill.data_strategy.fraction={fraction} must be in (0, 1]")
+        scores = confidence_scores(teacher, dm.train_set, d.batch_size, s.get("by", "max_prob"))
+        keep = most_confident(scores, fraction)
+        dm.train_set = dm.train_override = Subset(dm.train_set, keep.tolist())
+        return {"transfer_blocks": len(keep), "transfer_mean_confidence": float(scores[keep].mean())}
+    if s["name"] == "generated":
+        steps = math.ceil(d.tokens / dm.tokens_per_batch)
+        n = int(s.get("sequences") or steps * d.batch_size)  # enough that no block repeats
+        settings = {"prompt_tokens": int(s.get("prompt_tokens", 8)), "temperature": float(s.get("temperature", 1.0))}
+        key = {"teacher": teacher_key, "data": str(dm.folder), "block": d.block_size, "n": n,
+               "seed": cfg.seed, **settings}
+        blocks, made = cached_blocks(
+            generated_path(cfg.paths.cache_dir, key),
+            lambda: generate_blocks(teacher, dm.train_set, n, block_size=d.block_size,
+                                    eos_id=dm.meta["eos_token_id"], batch_size=d.batch_size,
+                                    seed=cfg.seed, **settings))
+        dm.train_set = dm.train_override = TokenBlocks(blocks)
+        return {"transfer_blocks": len(blocks), "transfer_generated": made}
+    return {}

@@ -1,0 +1,35 @@
+"""Hard-example mining: train each step on the sequences of the batch where the student lags the
+teacher most, gap = student CE − teacher CE per sequence (distill.data_strategy.name=hard).
+
+The gap is measured on the batch itself (no_grad, from the hidden states the step computes
+anyway), so it is always fresh; the other sequences' labels become IGNORE, which drops them
+from every loss term (CE, KD and the intermediate ones) without touching the chunked loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from capgap.distill.losses import IGNORE
+
+
+@torch.no_grad()
+def sequence_ce(hidden: torch.Tensor, head, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE per sequence from hidden states [B, L, H] through the LM head, aligned targets
+    [B, L]; one sequence's logits at a time, so the batch's logits never exist at once."""
+    out = []
+    for h, y in zip(hidden, targets):
+        logits = F.linear(h, head.weight, head.bias).float()
+        valid = y != IGNORE
+        ce = F.cross_entropy(logits, y.clamp(min=0), reduction="none")
+        out.append((ce * valid).sum() / valid.sum().clamp(min=1))
+    return torch.stack(out)
+
+
+def hardest(gap: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Bool mask [B] of the round(fraction·B) sequences with the largest gap; at least one."""
+    k = max(1, round(fraction * len(gap)))
+    keep = torch.zeros(len(gap), dtype=torch.bool, device=gap.device)
+    keep[torch.topk(gap, k).indices] = True
+    return keep
