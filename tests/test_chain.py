@@ -43,7 +43,8 @@ def test_chain_hands_each_distilled_model_to_the_next_stage(tiny_setup, tmp_path
 def test_auto_sizes_at_the_ratio_below_the_teacher():
     d = OmegaConf.create({"chain": None, "assistants": "auto"})
     assert chain_mod.assistant_sizes(d, 1_000_000, 10_000, ratio=lambda: 3.0) == [810_000, 270_000, 90_000, 30_000]
-    assert chain_mod.assistant_sizes(d, 1_000_000, 10_000) == [976_562, 390_625, 156_250, 62_500, 25_000]  # 2.5 by default
+    # 2.5 by default
+    assert chain_mod.assistant_sizes(d, 1_000_000, 10_000) == [976_562, 390_625, 156_250, 62_500, 25_000]
     assert chain_mod.assistant_sizes(OmegaConf.create({"assistants": None}), 10, 1) == []
     with pytest.raises(CapgapError, match="distill.chain"):
         chain_mod.assistant_sizes(OmegaConf.create({"chain": ["5K", "8K"]}), 10_000, 1_000)

@@ -88,8 +88,8 @@ def generate_blocks(model, dataset, n: int, prompt_tokens: int, block_size: int,
     new = block_size - prompt_tokens
     out = []
     for start in range(0, n, batch_size):
-        prompt = torch.stack([dataset[int(i)]["input_ids"][:prompt_tokens] for i in picks[start:start + batch_size]])
-        prompt = prompt.to(device)
+        rows = picks[start:start + batch_size]
+        prompt = torch.stack([dataset[int(i)]["input_ids"][:prompt_tokens] for i in rows]).to(device)
         seq = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                              temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=new,
                              min_new_tokens=new, pad_token_id=eos_id)
@@ -138,7 +138,8 @@ def apply_strategy(cfg, dm, teacher, teacher_key: str) -> dict:
     if s["name"] == "generated":
         steps = math.ceil(d.tokens / dm.tokens_per_batch)
         n = int(s.get("sequences") or steps * d.batch_size)  # enough that no block repeats
-        settings = {"prompt_tokens": int(s.get("prompt_tokens", 8)), "temperature": float(s.get("temperature", 1.0))}
+        settings = {"prompt_tokens": int(s.get("prompt_tokens", 8)),
+                    "temperature": float(s.get("temperature", 1.0))}
         key = {"teacher": teacher_key, "data": str(dm.folder), "block": d.block_size, "n": n,
                "seed": cfg.seed, **settings}
         blocks, made = cached_blocks(
