@@ -165,17 +165,28 @@ def size_info(student, teacher) -> dict:
             "sparsity_total": 1 - n["total"] / t["total"]}
 
 
-def config_hash(cfg, drop=("paths", "hydra", "store")) -> str:
+# what does not change a run's result: where it writes, how it is shown and stored
+NOT_HASHED = ("paths", "hydra", "store", "logger", "trainer.enable_progress_bar",
+              "trainer.enable_model_summary", "trainer.log_every_n_steps")
+
+
+def config_hash(cfg) -> str:
     """Same experiment, same hash: what identifies a run for resume and for the store."""
-    c = OmegaConf.to_container(cfg, resolve=False)
-    for k in drop:
-        c.pop(k, None)
-    return hashlib.sha256(repr(sorted(_flatten(c))).encode()).hexdigest()[:16]
+    items = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    kept = sorted((k, v) for k, v in items if not k.startswith(NOT_HASHED))
+    return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
+
+
+def _is_off(v) -> bool:
+    return v is None or v is False or v == [] or v in ("", "none", "off") or (
+        isinstance(v, (int, float)) and v == 0)
 
 
 def _flatten(d, prefix=""):
+    # keys at an "off" value are left out, so adding a new option (off by default) keeps the
+    # hash of every earlier run: the store still recognises them and does not re-run them
     for k, v in d.items():
         if isinstance(v, dict):
             yield from _flatten(v, f"{prefix}{k}.")
-        else:
+        elif not _is_off(v):
             yield f"{prefix}{k}", repr(v)

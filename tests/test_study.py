@@ -51,3 +51,15 @@ def test_student_not_smaller_than_teacher_is_skipped_not_an_error(tmp_path):
     rows = Store(str(tmp_path / "store.sqlite")).results(None)
     assert [r["status"] for r in rows] == ["skipped"]
     assert not (tmp_path / "cache" / "teachers").exists()  # nothing was pretrained for it
+
+
+def test_config_hash_ignores_display_and_off_options_but_not_the_experiment(tmp_path):
+    from capgap.student import config_hash
+
+    base = config_hash(config(tmp_path, "student.size=250K"))
+    assert config_hash(config(tmp_path, "student.size=250K", "trainer.enable_progress_bar=true",
+                              "logger=tensorboard", "store.force=true")) == base
+    # a new option left off must not make every earlier point look new to the store
+    assert config_hash(config(tmp_path, "student.size=250K", "+distill.some_new_option=null")) == base
+    assert config_hash(config(tmp_path, "student.size=300K")) != base
+    assert config_hash(config(tmp_path, "student.size=250K", "seed=1")) != base
