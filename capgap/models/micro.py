@@ -31,8 +31,9 @@ def micro_tokenizer(model_cfg, cfg):
 def cache_folder(model_cfg, cfg, tokenizer) -> Path:
     recipe = {"arch": model_cfg.arch, "config": OmegaConf.to_container(model_cfg.config, resolve=True),
               "tokenizer": tokenizer_fingerprint(tokenizer), "data": "embedded",
-              "pretrain": OmegaConf.to_container(cfg.pretrain, resolve=True),
-              "tokens": model_cfg.pretrain_tokens, "seed": cfg.seed}
+              "pretrain": {k: v for k, v in OmegaConf.to_container(cfg.pretrain, resolve=True).items()
+                           if k != "seed"},
+              "tokens": model_cfg.pretrain_tokens, "seed": cfg.pretrain.seed}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.paths.cache_dir) / "teachers" / f"{model_cfg.name}-{key}"
 
@@ -42,7 +43,7 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
     """Train `model` from scratch on `tokens` tokens of `data_cfg`; returns final metrics."""
     p = cfg.pretrain
     dm = CorpusDataModule(tokenizer, data_cfg, cfg.paths.cache_dir, batch_size=p.batch_size,
-                          block_size=p.block_size, seed=cfg.seed, eval_batches=p.eval_batches,
+                          block_size=p.block_size, seed=p.seed, eval_batches=p.eval_batches,
                           block_key="pretrain.block_size")
     dm.setup()
     steps = training.steps_for(tokens, dm.tokens_per_batch)
@@ -62,7 +63,7 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
     folder = cache_folder(model_cfg, cfg, tokenizer)
     if (folder / "model" / "config.json").is_file():
         return load_local(folder / "model", key=f"cached teacher {folder}")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.pretrain.seed)
     config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
     config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)

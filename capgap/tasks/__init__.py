@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -31,14 +32,18 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _quiet_lightning_handlers() -> None:
+def _quiet_logs() -> None:
     # Lightning adds its own console handler and also propagates to Hydra's: every line twice
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
+    if not sys.stderr.isatty():  # weight-loading bars in a log file are noise around errors
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def run_task(cfg) -> dict:
-    _quiet_lightning_handlers()
+    _quiet_logs()
     if cfg.task not in TASKS:
         raise CapgapError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
     module = importlib.import_module(TASKS[cfg.task])
