@@ -64,7 +64,8 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     if p.method != "expressiveness":
         return get_scores(teacher, method=p.method, seed=cfg.seed)
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
-    path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches)
+    path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches,
+                      root=cfg.paths.cache_dir)
     if path.is_file():
         return load_scores(path)
     dm = scoring_data(cfg, tokenizer)

@@ -161,10 +161,12 @@ def block_influence(model, batches, n_batches: int) -> torch.Tensor:
     return sums / max(count, 1)
 
 
-def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "expressiveness") -> Path:
+def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "expressiveness",
+               root=None) -> Path:
+    """`root`: the run's paths.cache_dir; without one, CAPGAP_CACHE or ~/.cache/capgap."""
     key = json.dumps({"teacher": teacher_id, "data": data_id, "n_batches": n_batches, "method": method},
                      sort_keys=True)
-    root = Path(os.environ.get("CAPGAP_CACHE") or Path.home() / ".cache" / "capgap")
+    root = Path(root or os.environ.get("CAPGAP_CACHE") or Path.home() / ".cache" / "capgap")
     return root / "scores" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
