@@ -96,16 +96,24 @@ def pruned(cfg, teacher, tokenizer, teacher_key=None):
     return slice_model(teacher, plan), plan
 
 
+def _width_and_heads(hidden: int, head_dim: int):
+    """Widths in steps of 8 up to the teacher's, each with the head count whose head size is
+    nearest the teacher's (whole heads only): finer than whole heads of the teacher's size,
+    which on small models jump past the target by 20% or more."""
+    for width in range(8, hidden + 1, 8):
+        divisors = [h for h in range(1, width + 1) if width % h == 0]
+        yield width, min(divisors, key=lambda h: abs(width / h - head_dim))
+
+
 def scratch_config(teacher, arch: str, size: int) -> dict:
-    """The teacher's depth and head size at the width whose total count lands nearest `size`."""
+    """The teacher's depth, FFN ratio and about its head size, at the width whose total
+    count lands nearest `size`."""
     c = teacher.config
     hidden, heads = c.hidden_size, c.num_attention_heads
-    head_dim = hidden // heads
     ffn_ratio = (getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden) / hidden
     same = arch == c.model_type
     best = None
-    for h in range(1, heads + 1):
-        width = h * head_dim
+    for width, h in _width_and_heads(hidden, hidden // heads):
         cfg = c.to_dict() if same else {
             "vocab_size": c.vocab_size, "num_hidden_layers": c.num_hidden_layers,
             "max_position_embeddings": getattr(c, "max_position_embeddings", None) or c.n_positions,
