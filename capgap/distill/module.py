@@ -8,6 +8,8 @@ submodule: Lightning neither optimises it nor writes it into checkpoints. It fol
 student to its device at the start of fit/validation, optionally cast to a lower precision.
 The KD term comes from the final hidden states through each LM head a chunk of tokens at a
 time (capgap.distill.chunked), so full-vocabulary logits of the batch never exist in training.
+With distill.progressive, early stages train only the lower blocks on one hidden-state MSE
+(capgap.distill.progressive); the last stage is the loss above.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanMetric
 
+from capgap.distill import progressive as prog
 from capgap.distill.chunked import CHUNK_SIZE, chunked_kd_loss
 from capgap.distill.hard import hardest, sequence_ce
 from capgap.distill.intermediate import HiddenStateMSE, attention_kl, layer_map
 from capgap.distill.losses import IGNORE, KDLoss, get_kd_loss, shift_labels
 from capgap.errors import CapgapError
 from capgap.lm_module import CausalLMModule
+from capgap.models.adapters import adapter_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,7 +52,8 @@ class DistillModule(CausalLMModule):
     def __init__(self, student, teacher, loss: KDLoss | None = None, chunk_size: int = CHUNK_SIZE,
                  teacher_dtype: torch.dtype | None = None, hidden_weight: float = 0.0,
                  attention_weight: float = 0.0, mapping: str = "uniform", k: int | None = None,
-                 pairs=None, hard_fraction: float | None = None, **optim):
+                 pairs=None, hard_fraction: float | None = None, progressive_stages: int = 0,
+                 progressive_fractions=None, **optim):
         super().__init__(student, **optim)
         check_vocabularies(teacher, student)
         self.kd_loss = loss or KDLoss()
@@ -71,6 +76,10 @@ class DistillModule(CausalLMModule):
             # attention probabilities exist only with eager attention
             for m in (student, teacher):
                 m.set_attn_implementation("eager")
+        self.stages, self.stage_fractions = progressive_stages or 0, progressive_fractions
+        self.progressive_loss = None
+        if self.stages:
+            self._setup_progressive(student, teacher)
         self.teacher_val = MeanMetric()
         self._teacher_val_losses: dict[int, float] = {}  # per validation-set size: computed once
         self._teacher_val_pending = False
@@ -82,10 +91,36 @@ class DistillModule(CausalLMModule):
     @property
     def uses_teacher(self) -> bool:
         """False for the CE-only baseline (alpha 1, no KD or intermediate term): no teacher forward."""
-        return bool(self.kd_loss.kd_weight or self.hidden_weight or self.attention_weight or self.hard_fraction)
+        return bool(self.kd_loss.kd_weight or self.hidden_weight or self.attention_weight or self.hard_fraction
+                    or self.stages > 1)
 
     def extra_parameters(self):
-        return list(self.hidden_loss.parameters()) if self.hidden_loss is not None else []
+        return [p for m in (self.hidden_loss, self.progressive_loss) if m is not None for p in m.parameters()]
+
+    # -- progressive layer-by-layer distillation (capgap.distill.progressive) --
+    def _setup_progressive(self, student, teacher):
+        n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        prog.check(self.stages, n_s, self.stage_fractions)
+        # a tuple: a ModuleList attribute would register the blocks twice in state_dict
+        self._blocks = tuple(adapter_for(student).layers())
+        to_teacher = dict(layer_map(n_s, n_t, "uniform"))
+        # one single-pair MSE (with its own projection where widths differ) per early stage
+        self.progressive_loss = torch.nn.ModuleList(
+            HiddenStateMSE([(h, to_teacher[h])], _width(student), _width(teacher))
+            for h in (prog.top_layer(i, n_s, self.stages) for i in range(self.stages - 1)))
+
+    def stage(self) -> int:
+        return prog.stage_at(self.global_step, self.total_steps, self.stages, self.stage_fractions)
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.stages > 1:
+            # grad None (not zero): AdamW then skips the parameter, weight decay included
+            n, i = len(self._blocks), self.stage()
+            for l, block in enumerate(self._blocks):
+                if prog.group_of(l, n, self.stages) > i:
+                    for p in block.parameters():
+                        p.grad = None
+        super().on_before_optimizer_step(optimizer)
 
     def _place_teacher(self):
         t = self.teacher
@@ -105,6 +140,8 @@ class DistillModule(CausalLMModule):
     def compute_loss(self, batch) -> dict[str, torch.Tensor]:
         if not self.uses_teacher:
             return super().compute_loss(batch)
+        if self.stages > 1 and self.stage() < self.stages - 1:
+            return self._stage_loss(batch)
         ids, labels = batch["input_ids"], batch["labels"]
         want_h, want_a = self.hidden_loss is not None, bool(self.attention_weight)
         kw = dict(output_hidden_states=want_h, output_attentions=want_a)
@@ -133,7 +170,18 @@ class DistillModule(CausalLMModule):
             parts["attention"] = attention_kl(s.attentions, t.attentions, self.layer_pairs, mask=mask)
             total = total + self.attention_weight * parts["attention"]
         parts["loss"] = total
+        if self.stages > 1:
+            parts["stage"] = torch.tensor(float(self.stages - 1), device=total.device)
         return parts
+
+    def _stage_loss(self, batch) -> dict[str, torch.Tensor]:
+        """An early stage: MSE between the top trainable student block and its teacher block."""
+        i, ids = self.stage(), batch["input_ids"]
+        s = self.model.base_model(input_ids=ids, output_hidden_states=True)
+        with torch.no_grad():
+            t = self.teacher.base_model(input_ids=ids, output_hidden_states=True)
+        mse = self.progressive_loss[i](s.hidden_states, t.hidden_states, batch["labels"] != IGNORE)
+        return {"loss": mse, "progressive": mse, "stage": torch.tensor(float(i), device=mse.device)}
 
     # -- held-out evaluation: the student's loss every time, the teacher's once per split --
     def on_validation_epoch_start(self):
@@ -170,6 +218,7 @@ def from_config(student, teacher, d, total_steps: int, log_every: int = 10) -> D
     loss_cfg = dict(d.loss)
     name = loss_cfg.pop("name", "soft_ce")
     inter = d.get("intermediate") or {}
+    prog_cfg = d.get("progressive") or {}
     hard = None
     if (d.get("data_strategy") or {}).get("name") == "hard":
         hard = float(d.data_strategy.get("fraction", 0.5))
@@ -181,7 +230,8 @@ def from_config(student, teacher, d, total_steps: int, log_every: int = 10) -> D
         hidden_weight=float(inter.get("hidden", 0.0) or 0.0),
         attention_weight=float(inter.get("attention", 0.0) or 0.0),
         mapping=inter.get("mapping", "uniform"), k=inter.get("k"), pairs=inter.get("pairs"),
-        hard_fraction=hard,
+        hard_fraction=hard, progressive_stages=int(prog_cfg.get("stages") or 0),
+        progressive_fractions=list(prog_cfg["fractions"]) if prog_cfg.get("fractions") else None,
         lr=d.lr, betas=tuple(d.betas), weight_decay=d.weight_decay,
         warmup_fraction=d.warmup_fraction, min_lr_ratio=d.min_lr_ratio,
         total_steps=total_steps, log_every=log_every)
