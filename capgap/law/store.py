@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 
+from capgap.cache import default_cache_dir
 from capgap.errors import CapgapError
 
 STATUSES = ("done", "failed", "skipped")
@@ -90,8 +91,7 @@ def default_url() -> str:
     env = os.environ.get("CAPGAP_STORE")
     if env:
         return env
-    cache = Path(os.environ.get("CAPGAP_CACHE") or Path.home() / ".cache" / "capgap")
-    return str(cache / "store.sqlite")
+    return str(default_cache_dir() / "store.sqlite")
 
 
 def sqlite_path(url: str) -> Path | None:

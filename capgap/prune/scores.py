@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from capgap.cache import default_cache_dir
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
@@ -166,7 +167,7 @@ def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "exp
     """`root`: the run's paths.cache_dir; without one, CAPGAP_CACHE or ~/.cache/capgap."""
     key = json.dumps({"teacher": teacher_id, "data": data_id, "n_batches": n_batches, "method": method},
                      sort_keys=True)
-    root = Path(root or os.environ.get("CAPGAP_CACHE") or Path.home() / ".cache" / "capgap")
+    root = Path(root or default_cache_dir())
     return root / "scores" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
