@@ -63,3 +63,21 @@ def test_config_hash_ignores_display_and_off_options_but_not_the_experiment(tmp_
     assert config_hash(config(tmp_path, "student.size=250K", "+distill.some_new_option=null")) == base
     assert config_hash(config(tmp_path, "student.size=300K")) != base
     assert config_hash(config(tmp_path, "student.size=250K", "seed=1")) != base
+
+
+def test_a_diverged_point_is_recorded_as_failed_never_as_a_result(tmp_path, monkeypatch):
+    from capgap.distill.module import DistillModule
+    from capgap.errors import CapgapError
+
+    def nan_loss(self, batch):
+        return {"loss": self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss * float("nan")}
+
+    monkeypatch.setattr(DistillModule, "compute_loss", nan_loss)
+    cfg = config(tmp_path, "student.size=250K", "prune.multiple=4")
+    with pytest.raises(CapgapError, match="NaN or Inf"):
+        run_task(cfg)
+    store = Store(str(tmp_path / "store.sqlite"))
+    assert store.results("done") == []
+    failed = store.results("failed")
+    assert len(failed) == 1 and "NaN or Inf" in failed[0]["error"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
