@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from capgap.atomic import atomic_dir
 from capgap.data import sources
 
 EOS = "<|endoftext|>"
@@ -28,10 +27,6 @@ def train_bpe(data_cfg, vocab_size: int, cache_dir: str | Path) -> PreTrainedTok
         tok.train_from_iterator(sources.documents(data_cfg), trainer=trainer)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
                                        unk_token=EOS, pad_token=EOS)
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        fast.save_pretrained(tmp)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            fast.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(out)

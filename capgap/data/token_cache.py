@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from capgap.atomic import atomic_dir
 from capgap.data import sources
 from capgap.errors import CapgapError
 
@@ -47,13 +46,10 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
     if (out / "meta.json").is_file():
         return out, False
     dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
     max_tokens = data_cfg.get("max_tokens")
-    try:
+    with atomic_dir(out) as tmp:  # a crash mid-way leaves no entry, only a temp folder
         with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
             files = {"train": ftrain, "val": fval}
             batch: list[str] = []
@@ -92,12 +88,6 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
                 "tokens": counts, "documents": docs, "source": sources.source_id(data_cfg),
                 "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        # rename last: a crash mid-way leaves only a .tmp folder that the next run replaces
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out, True
 
 

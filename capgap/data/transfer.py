@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from capgap.atomic import atomic_file
 from capgap.data.blocks import IGNORE
 from capgap.errors import CapgapError
 
@@ -107,10 +107,8 @@ def cached_blocks(path: Path, make) -> tuple[torch.Tensor, bool]:
     if path.is_file():
         return torch.load(path, weights_only=True), False
     blocks = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(blocks, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(blocks, tmp)
     return blocks, True
 
 

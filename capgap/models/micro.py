@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from capgap.atomic import atomic_dir
 from capgap.data.blocks import unigram_entropy
 from capgap.data.bpe import train_bpe
 from capgap.data.datamodule import CorpusDataModule
@@ -71,11 +71,9 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
     run_dir = Path(run_dir or folder / "logs")
     model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
                               run_dir, folder / "ckpt", cfg.get("logger"))
-    tmp = folder / f"model.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, folder / "model")
+    with atomic_dir(folder / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(folder / "ckpt", ignore_errors=True)
     return model.eval(), tokenizer

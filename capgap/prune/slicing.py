@@ -8,14 +8,11 @@ refuses it loudly (shape mismatch) rather than loading something wrong.
 
 import copy
 import json
-import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from capgap.atomic import atomic_dir
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.prune.plan import Plan, skeleton
@@ -45,25 +42,6 @@ def slice_model(model, plan: Plan, inplace: bool = False):
     # exact for a uniform plan; otherwise the widest layer, and the plan file is the truth
     a.set_shape(max(map(len, plan.heads)), max(map(len, plan.neurons)))
     return student
-
-
-@contextmanager
-def atomic_dir(path: Path):
-    """Yield a temp folder beside `path` that becomes `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if path.exists():  # replace: move the old one aside first so a reader never sees a mix
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_pruned(student, plan: Plan, path) -> Path:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from capgap.atomic import write_json_atomic
 from capgap.errors import CapgapError
 
 TASKS = {
@@ -24,12 +23,6 @@ TASKS = {
     "distill": "capgap.tasks.distill",
     "study": "capgap.tasks.study",
 }
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def _quiet_logs() -> None:

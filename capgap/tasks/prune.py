@@ -6,7 +6,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from capgap.errors import CapgapError
 from capgap.models.zoo import load_model, load_tokenizer
-from capgap.prune.slicing import atomic_dir, save_pruned
+from capgap.atomic import atomic_dir
+from capgap.prune.slicing import save_pruned
 from capgap.prune.summary import summary
 from capgap.student import make_student
 from capgap.tasks.evaluate import eval_data
