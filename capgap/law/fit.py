@@ -1,15 +1,18 @@
-"""Fit the Law of Capacity Gap: the optimal teacher per student size, then T* = a·S + b.
+"""Fit the Law of Capacity Gap: the optimal teacher T* = a·S + b from measured study points.
 
-Points are (teacher_params, student_params, metric, seed). Per student size the best
-measured teacher is refined by the vertex of a parabola in log T through it and its two
-neighbours; the line is fit to the refined optima. Bootstrap: resample the seeds inside
-each (student, teacher) cell and the student sizes on the line, so the intervals carry both
-the run-to-run noise and the scatter of the optima about the line.
+Two estimators, reported side by side:
+
+- joint (what capgap reports): the surface m(T, S) = L(S) + c(S)·(log T − log T*(S))² fitted
+  to every point at once, weighted by the seed spread (capgap.law.joint);
+- two-step (the earlier estimate, kept for comparison): per student size the best measured
+  teacher refined by the vertex of a parabola in log T through it and its two neighbours,
+  then an unweighted line through those optima. It uses three points per student, lets the
+  largest students dominate the line and passes edge optima through as if measured; the
+  calibration test (tests/test_law_calibration.py) shows what that costs.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,61 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from capgap.errors import CapgapError
+from capgap.law.joint import Cells, fit_joint
+from capgap.law.points import CSV_COLUMNS, Points, group_students, points_from_rows, read_csv
 from capgap.law.sizes import format_size
+
+__all__ = ["PAPER", "CSV_COLUMNS", "Points", "points_from_rows", "read_csv", "SizeFit", "Fit",
+           "fit", "fit_two_step", "optimum"]
 
 # Zhang et al. 2025, fit over GPT-2 and Pythia, in millions of parameters
 PAPER = {"a": 2.498, "b": -11.498e6, "r2": 0.9957}
-CSV_COLUMNS = ("teacher_params", "student_params", "metric")
+PAPER_RATIO = 2.5  # T* ≈ 2.5·S: the paper's line where its intercept would make T* ≤ S
 
 
-@dataclass
-class Points:
-    teacher: np.ndarray  # parameters
-    student: np.ndarray
-    value: np.ndarray
-    seed: np.ndarray
-    metric: str = "metric"
-
-
-def points_from_rows(rows: list[dict], source: str, metric: str | None = None) -> Points:
-    """Done rows of the store -> Points; one metric only, since mixing them means nothing."""
-    if metric:
-        rows = [r for r in rows if r.get("metric_name") == metric]
-    if not rows:
-        raise CapgapError(f"no finished runs{f' with metric {metric}' if metric else ''} "
-                          f"in {source}: nothing to fit")
-    names = sorted({r.get("metric_name") or "metric" for r in rows})
-    if len(names) > 1:
-        raise CapgapError(f"{source} mixes metrics {', '.join(names)}: pick one with --metric")
-    return Points(np.array([float(r["teacher_params"]) for r in rows]),
-                  np.array([float(r["student_params"]) for r in rows]),
-                  np.array([float(r["metric"]) for r in rows]),
-                  np.array([int(r["seed"]) if r.get("seed") not in (None, "") else 0 for r in rows]),
-                  names[0])
-
-
-def read_csv(path: str | Path) -> Points:
-    """A CSV of results: teacher_params, student_params, metric, optional seed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CapgapError(f"no CSV file at {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        if missing := [c for c in CSV_COLUMNS if c not in header]:
-            raise CapgapError(f"{path} lacks column{'s' * (len(missing) > 1)} "
-                              f"{', '.join(missing)} (needs {', '.join(CSV_COLUMNS)}; seed optional)")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            try:
-                rows.append({"teacher_params": float(r["teacher_params"]),
-                             "student_params": float(r["student_params"]),
-                             "metric": float(r["metric"]), "seed": r.get("seed") or None,
-                             "metric_name": r.get("metric_name") or None})
-            except (TypeError, ValueError):
-                raise CapgapError(f"{path} line {line}: teacher_params, student_params and "
-                                  "metric must be numbers") from None
-    return points_from_rows(rows, str(path))
+def paper_optimum(student: float) -> float:
+    """The paper's T* for a student, as a ratio where the line's intercept dominates (tiny S)."""
+    t = PAPER["a"] * student + PAPER["b"]
+    return t if t > 1.5 * student else PAPER_RATIO * student
 
 
 @dataclass
@@ -81,10 +45,12 @@ class SizeFit:
     values: np.ndarray  # mean metric per teacher (over seeds)
     best: float  # best measured teacher
     best_value: float
-    optimum: float  # refined by the parabola, or the best measured one at an edge
-    optimum_value: float
-    at_edge: bool
-    ci: tuple[float, float] = (np.nan, np.nan)  # over seeds; NaN with one seed per teacher
+    optimum: float  # the estimator's T* for this student
+    optimum_value: float  # the metric the estimator expects at its optimum
+    at_edge: bool  # the best measured teacher is the smallest or largest measured
+    ci: tuple[float, float] = (np.nan, np.nan)  # 95% bootstrap interval of the optimum
+    spread: np.ndarray | None = None  # seed standard deviation per teacher (NaN with one seed)
+    curvature: float = np.nan  # c(S) of the joint surface
 
 
 @dataclass
@@ -94,9 +60,12 @@ class Fit:
     higher_is_better: bool
     a: float
     b: float
-    r2: float
+    r2: float  # joint: of the surface on the cell means; two-step: of the line through optima
     samples: np.ndarray  # bootstrap (a, b) pairs, for intervals and bands; not saved
     notes: list[str] = field(default_factory=list)
+    method: str = "joint"
+    chi2: float = np.nan  # joint: reduced χ² against the seed spread
+    two_step: "Fit | None" = None  # the two-step estimate of the same points, for comparison
 
     def predict(self, student: float, level: float = 0.95) -> tuple[float, float, float]:
         """T* for a student size, with a bootstrap interval on the fitted line."""
@@ -108,23 +77,40 @@ class Fit:
         lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
         return float(lo), float(hi)
 
-    def to_dict(self) -> dict:
+    def curve(self, size: SizeFit, teachers: np.ndarray) -> np.ndarray:
+        """The joint surface along one student's teachers (in the metric's own sign)."""
+        sign = -1.0 if self.higher_is_better else 1.0
+        x = (np.log(teachers) - np.log(max(size.optimum, 1.0))) ** 2
+        return sign * (sign * size.optimum_value + size.curvature * x)
+
+    def law(self) -> dict:
         a_ci, b_ci = self.interval(self.samples[:, 0]), self.interval(self.samples[:, 1])
-        return {
+        return {"estimator": self.method, "a": self.a, "b": self.b, "r2": self.r2,
+                "r2_of": "surface" if self.method == "joint" else "line through optima",
+                "chi2_red": None if np.isnan(self.chi2) else self.chi2,
+                "a_ci95": list(a_ci), "b_ci95": list(b_ci),
+                "k_mean": float(np.mean([s.optimum / s.student for s in self.sizes])),
+                "n_bootstrap": len(self.samples), "units": "parameters"}
+
+    def to_dict(self) -> dict:
+        out = {
             "metric": self.metric,
             "higher_is_better": self.higher_is_better,
             "sizes": [{"student_params": s.student, "teacher_params": s.teachers.tolist(),
-                       "metric": s.values.tolist(), "best_measured": s.best,
-                       "optimum": s.optimum,
+                       "metric": s.values.tolist(),
+                       "spread": None if s.spread is None else
+                       [None if np.isnan(v) else float(v) for v in s.spread],
+                       "best_measured": s.best, "optimum": s.optimum,
                        "optimum_ci95": None if np.isnan(s.ci[0]) else list(s.ci),
                        "k": s.optimum / s.student, "at_edge": s.at_edge} for s in self.sizes],
-            "law": {"a": self.a, "b": self.b, "r2": self.r2, "a_ci95": list(a_ci),
-                    "b_ci95": list(b_ci), "k_mean": float(np.mean([s.optimum / s.student
-                                                                  for s in self.sizes])),
-                    "n_bootstrap": len(self.samples), "units": "parameters"},
+            "law": self.law(),
             "paper": PAPER,
             "notes": self.notes,
         }
+        if self.two_step is not None:
+            out["two_step"] = {"law": self.two_step.law(),
+                               "optima": [s.optimum for s in self.two_step.sizes]}
+        return out
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -132,25 +118,34 @@ class Fit:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
+    def line(self) -> str:
+        d = self.law()
+        gof = (f"surface R² {self.r2:.4f}" + ("" if np.isnan(self.chi2) else f", χ²/dof {self.chi2:.2f}")
+               if self.method == "joint" else f"line R² {self.r2:.4f}")
+        return (f"T* = {self.a:.3f}·S {'-' if self.b < 0 else '+'} {abs(self.b) / 1e6:.3f}M"
+                f"   a 95% CI [{d['a_ci95'][0]:.3f}, {d['a_ci95'][1]:.3f}]"
+                f"   b 95% CI [{d['b_ci95'][0] / 1e6:.2f}M, {d['b_ci95'][1] / 1e6:.2f}M]"
+                f"   {gof}   mean k {d['k_mean']:.2f}")
+
     def table(self) -> str:
         better = "higher" if self.higher_is_better else "lower"
+        two = self.two_step
         lines = [f"capacity gap: {self.metric} ({better} is better) per student size",
                  f"{'student':>9} {'teachers':>8} {'best T':>8} {self.metric[:10]:>10} "
-                 f"{'T* refined':>10} {'95% CI':>17} {'k=T*/S':>7}  note"]
-        for s in self.sizes:
-            ci = "1 seed" if np.isnan(s.ci[0]) else f"[{format_size(s.ci[0])}, {format_size(s.ci[1])}]"
-            note = "optimum at the edge of the teachers measured" if s.at_edge else ""
+                 f"{'T* ' + self.method:>10} {'95% CI':>17} {'k=T*/S':>7}"
+                 + (f" {'T* two-step':>11}" if two else "") + "  note"]
+        for i, s in enumerate(self.sizes):
+            ci = "-" if np.isnan(s.ci[0]) else f"[{format_size(s.ci[0])}, {format_size(s.ci[1])}]"
+            note = "best measured teacher at the edge of those measured" if s.at_edge else ""
             lines.append(f"{format_size(s.student):>9} {len(s.teachers):>8} {format_size(s.best):>8}"
                          f" {s.best_value:>10.4g} {format_size(s.optimum):>10} {ci:>17}"
-                         f" {s.optimum / s.student:>7.2f}  {note}")
-        d = self.to_dict()["law"]
-        lines += ["",
-                  f"fit:   T* = {self.a:.3f}·S {'+-'[self.b < 0]} {abs(self.b) / 1e6:.3f}M"
-                  f"   R² {self.r2:.4f}   a 95% CI [{d['a_ci95'][0]:.3f}, {d['a_ci95'][1]:.3f}]"
-                  f"   b 95% CI [{d['b_ci95'][0] / 1e6:.2f}M, {d['b_ci95'][1] / 1e6:.2f}M]"
-                  f"   mean k {d['k_mean']:.2f}   ({len(self.sizes)} student sizes)",
-                  f"paper: T* = {PAPER['a']:.3f}·S - {-PAPER['b'] / 1e6:.3f}M   R² {PAPER['r2']}"
-                  "   (GPT-2 and Pythia)"]
+                         f" {s.optimum / s.student:>7.2f}"
+                         + (f" {format_size(two.sizes[i].optimum):>11}" if two else "") + f"  {note}")
+        lines += ["", f"{self.method + ':':<9} {self.line()}   ({len(self.sizes)} student sizes)"]
+        if two:
+            lines.append(f"{'two-step:':<9} {two.line()}")
+        lines.append(f"{'paper:':<9} T* = {PAPER['a']:.3f}·S - {-PAPER['b'] / 1e6:.3f}M"
+                     f"   R² {PAPER['r2']}   (GPT-2 and Pythia)")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
@@ -167,18 +162,6 @@ def optimum(teachers: np.ndarray, values: np.ndarray) -> tuple[float, float, flo
     return teachers[i], float(np.exp(vertex)), float(np.polyval(coef, vertex)), False
 
 
-def _group_students(student: np.ndarray, tol: float) -> np.ndarray:
-    """Group label per point: students pruned to one target differ a little across teachers
-    (counts are rounded per architecture), so sizes within tol of each other are one size."""
-    order = np.unique(student)
-    labels, start, current = {}, order[0], 0
-    for s in order:
-        if s > start * (1 + tol):
-            start, current = s, current + 1
-        labels[s] = current
-    return np.array([labels[s] for s in student])
-
-
 def _line(s: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
     a, b = np.polyfit(s, t, 1)
     ss_tot = float(np.sum((t - t.mean()) ** 2))
@@ -186,10 +169,10 @@ def _line(s: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
     return float(a), float(b), r2
 
 
-def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed: int = 0,
-        tol: float = 0.1) -> Fit:
-    sign = -1.0 if higher_is_better else 1.0  # work lower-is-better throughout
-    groups = _group_students(points.student, tol)
+def _measured(points: Points, higher_is_better: bool, tol: float):
+    """Per student size: its SizeFit skeleton and its cell values (lower-is-better)."""
+    sign = -1.0 if higher_is_better else 1.0
+    groups = group_students(points.student, tol)
     if len(np.unique(points.teacher)) < 2:
         raise CapgapError(f"only one teacher size ({format_size(points.teacher[0])}) in the "
                           "results: an optimal teacher needs at least 2 teacher sizes per student")
@@ -204,20 +187,31 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
         # one array of seed values per teacher: the unit the bootstrap resamples
         cell = [sign * points.value[in_g & (points.teacher == t)] for t in teachers]
         means = np.array([c.mean() for c in cell])
+        spread = np.array([c.std(ddof=1) if len(c) > 1 else np.nan for c in cell])
         best, opt, opt_value, edge = optimum(teachers, means)
         cells.append(cell)
         sizes.append(SizeFit(student, teachers, sign * means, best, sign * means.min(), opt,
-                             sign * opt_value, edge))
+                             sign * opt_value, edge, spread=spread))
     if not sizes:
         raise CapgapError("no student size was measured with 2 or more teachers: "
                           "no optimal teacher can be found")
     if len(sizes) < 2:
         s = sizes[0]
-        raise CapgapError(f"only one student size ({format_size(s.student)}, optimal teacher "
-                          f"{format_size(s.optimum)}): fitting T* = a·S + b needs 2 or more")
+        raise CapgapError(f"only one student size ({format_size(s.student)}, best measured teacher "
+                          f"{format_size(s.best)}): fitting T* = a·S + b needs 2 or more")
+    return sizes, cells, notes
+
+
+def fit_two_step(points: Points, higher_is_better: bool = False, n_boot: int = 1000,
+                 seed: int = 0, tol: float = 0.1) -> Fit:
+    """Parabola vertex per student, then a line through the vertices (the earlier estimator).
+
+    Bootstrap: resample the seeds inside each (student, teacher) cell and the student sizes
+    on the line, so the intervals carry both the run-to-run noise and the optima's scatter."""
+    sizes, cells, notes = _measured(points, higher_is_better, tol)
     if any(s.at_edge for s in sizes):
-        notes.append("an optimum at the edge of the measured teachers may lie beyond them; "
-                     "add a smaller or larger teacher for that student")
+        notes.append("two-step: an optimum at the edge of the measured teachers enters the line "
+                     "as if it were measured")
     S = np.array([s.student for s in sizes])
     T = np.array([s.optimum for s in sizes])
     a, b, r2 = _line(S, T)
@@ -236,4 +230,33 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
         if len(np.unique(pick)) >= 2:  # a resample of one size has no line
             samples.append(_line(S[pick], boot_t[i, pick])[:2])
     samples = np.array(samples) if samples else np.array([[a, b]])
-    return Fit(sizes, points.metric, higher_is_better, a, b, r2, samples, notes)
+    return Fit(sizes, points.metric, higher_is_better, a, b, r2, samples, notes, method="two-step")
+
+
+def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed: int = 0,
+        tol: float = 0.1) -> Fit:
+    """The joint fit, with the two-step estimate of the same points beside it (fit.two_step)."""
+    two = fit_two_step(points, higher_is_better, n_boot, seed, tol)
+    sizes, cells, notes = _measured(points, higher_is_better, tol)
+    S = np.array([s.student for s in sizes])
+    flat = Cells(np.concatenate([[j] * len(c) for j, c in enumerate(cells)]).astype(int), S,
+                 np.concatenate([s.teachers for s in sizes]), [v for c in cells for v in c])
+    # starts: the two-step line, the paper's ratio, and a spread of slopes through the origin
+    starts = [(two.a, two.b)] + [(k, 0.0) for k in (1.5, PAPER_RATIO, 4.0)]
+    j = fit_joint(flat, starts, n_boot, seed)
+    sign = -1.0 if higher_is_better else 1.0
+    for i, s in enumerate(sizes):
+        s.optimum = float(j.a * s.student + j.b)
+        s.optimum_value = float(sign * j.floor[i])
+        s.curvature = float(j.curvature[i])
+        s.ci = (float(np.quantile(j.optima[:, i], 0.025)), float(np.quantile(j.optima[:, i], 0.975)))
+    if any(s.at_edge for s in sizes):
+        notes.append("a best measured teacher at the edge of the grid: the joint fit places that "
+                     "student's optimum by the line; a teacher beyond the edge would test it")
+    if bad := [format_size(s.student) for s, c in zip(sizes, j.curvature) if c <= 0]:
+        notes.append(f"no minimum in the fitted curve of student {', '.join(bad)}: its points "
+                     "do not rise on both sides of any teacher")
+    if any(s.optimum <= 0 for s in sizes):
+        notes.append("the fitted line gives no positive teacher for some student")
+    return Fit(sizes, points.metric, higher_is_better, float(j.a), float(j.b), j.r2, j.samples,
+               notes + two.notes, method="joint", chi2=j.chi2, two_step=two)

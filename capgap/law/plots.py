@@ -52,7 +52,7 @@ def law_figure(fit: Fit) -> Figure:
     ax.fill_between(grid / M, *np.quantile(band, [0.025, 0.975], axis=0) / M, alpha=0.25,
                     label="fit 95% band")
     ax.plot(grid / M, (fit.a * grid + fit.b) / M, "-",
-            label=f"fit T* = {fit.a:.2f}·S {'+-'[fit.b < 0]} {abs(fit.b) / M:.1f}M, R² {fit.r2:.3f}")
+            label=f"fit T* = {fit.a:.2f}·S {'-' if fit.b < 0 else '+'} {abs(fit.b) / M:.1f}M, R² {fit.r2:.3f}")
     ax.plot(grid / M, (PAPER["a"] * grid + PAPER["b"]) / M, "--", color="gray",
             label=f"paper T* = {PAPER['a']}·S − {-PAPER['b'] / M}M")
     ax.set_xlabel("student parameters S (M)")

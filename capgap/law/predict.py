@@ -53,7 +53,7 @@ def predict(student, fit: Fit | None = None, zoo: list[dict] | None = None) -> d
         source = f"the paper's fit (T* = {PAPER['a']}·S − {-PAPER['b'] / 1e6}M): no results of your own yet"
     else:
         t, lo, hi = fit.predict(s)
-        source = f"your fit over {len(fit.sizes)} student sizes (T* = {fit.a:.3f}·S {'+-'[fit.b < 0]} {abs(fit.b) / 1e6:.3f}M)"
+        source = f"your fit over {len(fit.sizes)} student sizes (T* = {fit.a:.3f}·S {'-' if fit.b < 0 else '+'} {abs(fit.b) / 1e6:.3f}M)"
         fitted = (min(z.student for z in fit.sizes), max(z.student for z in fit.sizes))
     if fit is not None and not fitted[0] * 0.5 <= s <= fitted[1] * 2:
         notes.append(f"{format_size(s)} is outside the fitted student range "
