@@ -24,7 +24,7 @@ def test_plots_show_the_stored_points(tmp_path):
         assert pixels.shape[0] > 300 and len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50
 
     figs = figures(result)
-    curves = [l for l in figs["capacity_gap"].axes[0].lines if l.get_gid() != "optimum"]
+    curves = [l for l in figs["capacity_gap"].axes[0].lines if l.get_gid() not in ("optimum", "model")]
     assert len(curves) == len({r["student_params"] for r in rows})
     for line, size in zip(curves, result.sizes):
         stored = sorted((r["teacher_params"], r["metric"]) for r in rows
@@ -35,3 +35,15 @@ def test_plots_show_the_stored_points(tmp_path):
     np.testing.assert_allclose([l.get_xdata()[0] * 1e6 for l in optima],
                                [s.optimum for s in result.sizes])
     assert figs["capacity_gap"].axes[0].get_xscale() == "log"
+    # the joint fit's surface is drawn through each student's points
+    model = [l for l in figs["capacity_gap"].axes[0].lines if l.get_gid() == "model"]
+    assert len(model) == len(result.sizes)
+    for line, size in zip(model, result.sizes):
+        assert abs(line.get_xdata()[np.argmin(line.get_ydata())] * 1e6 / size.optimum - 1) < 0.05
+
+
+def test_seed_spread_is_drawn_as_error_bars(tmp_path):
+    result = fit(points_from_rows(law_rows(seeds=3), "test"), n_boot=50)
+    ax = figures(result)["capacity_gap"].axes[0]
+    bars = [c for c in ax.collections if c.get_gid() == "spread"]  # one LineCollection each
+    assert len(bars) == len(result.sizes) and "seed s.d." in ax.get_ylabel()

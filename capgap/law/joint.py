@@ -27,6 +27,8 @@ from scipy.optimize import least_squares
 
 from capgap.errors import CapgapError
 
+PRIOR_DOF = 10  # degrees of freedom the pooled seed spread counts for in each student's spread
+
 
 @dataclass
 class Cells:
@@ -103,15 +105,16 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
     n, y = cells.n, cells.mean
     scale = float(np.median(cells.student))
 
-    # seed spread pooled per student; students without replicates borrow the overall pool
+    # seed spread per student, shrunk toward the spread pooled over all cells: with 2-3 seeds
+    # a student's own estimate rests on a few degrees of freedom, and weights 1/σ² from so
+    # few favour whichever student's spread came out small by chance
     dev = [v - v.mean() for v in cells.values]
     ss = np.bincount(g, [float(d @ d) for d in dev], G)
     dof = np.bincount(g, n - 1, G)
     replicated = dof.sum() > 0
     if replicated:
-        pooled = np.sqrt(ss.sum() / dof.sum())
-        sigma = np.where(dof > 0, np.sqrt(ss / np.maximum(dof, 1)), pooled)
-        sigma = np.maximum(sigma, 1e-6 * max(pooled, 1e-12))
+        pooled = max(ss.sum() / dof.sum(), 1e-24)
+        sigma = np.sqrt((ss + PRIOR_DOF * pooled) / (dof + PRIOR_DOF))
         w = np.sqrt(n) / sigma[g]
     else:
         sigma, w = np.full(G, np.nan), np.ones_like(y)
@@ -126,25 +129,19 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
 
     rng = np.random.default_rng(seed)
     if replicated:
-        # deviations rescaled to unbiased spread (a mean of n values has n−1 free ones)
-        pools = [np.concatenate([d * np.sqrt(len(d) / (len(d) - 1))
-                                 for d, k in zip(dev, g) if k == j and len(d) > 1] or [np.zeros(0)])
-                 for j in range(G)]
-        every = np.concatenate([p for p in pools if len(p)])
-        pools = [p if len(p) else every for p in pools]
-        inflate = np.sqrt(max(1.0, chi2))
-        # all pools in one array: cell i draws n_i entries from its student's stretch
-        flat = np.concatenate(pools)
-        start = np.cumsum([0] + [len(p) for p in pools])[:-1][g]
-        length = np.array([len(p) for p in pools])[g]
+        # one pool of standardised seed deviations (rescaled to unbiased spread: a mean of n
+        # values has n−1 free ones); a resample's cell mean moves by σ_student times the mean
+        # of n draws, more where the surface fits worse than the seeds say it should
+        z = np.concatenate([d * np.sqrt(len(d) / (len(d) - 1)) / sigma[k]
+                            for d, k in zip(dev, g) if len(d) > 1])
+        scale_noise = sigma[g] * np.sqrt(max(1.0, chi2)) / n
         mask = np.arange(n.max())[None, :] < n[:, None]
     else:
         resid = (y - fitted) * np.sqrt(len(y) / (len(y) - P))
     samples, optima = [], []
     for _ in range(n_boot):
         if replicated:
-            pick = start[:, None] + (rng.random(mask.shape) * length[:, None]).astype(int)
-            noise = (flat[pick] * mask).sum(1) / n * inflate
+            noise = (z[rng.integers(0, len(z), mask.shape)] * mask).sum(1) * scale_noise
         else:
             noise = rng.choice(resid, len(y))
         ab = _solve(cells, fitted + noise, w, [(a, b)], scale)

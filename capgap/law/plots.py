@@ -27,12 +27,20 @@ def curves_figure(fit: Fit) -> Figure:
     ax = fig.add_subplot()
     for s in fit.sizes:
         (line,) = ax.plot(s.teachers / M, s.values, "o-", label=f"student {format_size(s.student)}")
+        if s.spread is not None and not np.all(np.isnan(s.spread)):  # seed spread, where seeds
+            ax.errorbar(s.teachers / M, s.values, yerr=np.nan_to_num(s.spread), fmt="none",
+                        ecolor=line.get_color(), capsize=3, gid="spread")
+        if fit.method == "joint" and s.optimum > 0:
+            grid = np.geomspace(min(s.teachers.min(), s.optimum), max(s.teachers.max(), s.optimum), 60)
+            ax.plot(grid / M, fit.curve(s, grid), ":", color=line.get_color(), gid="model")
         ax.plot([s.optimum / M], [s.optimum_value], "*", ms=14, color=line.get_color(),
                 markeredgecolor="k", gid="optimum")
     ax.set_xscale("log")
     ax.set_xlabel("teacher parameters (M)")
-    ax.set_ylabel(f"student {fit.metric}")
-    ax.set_title("capacity gap: student quality against teacher size (★ optimum)")
+    ax.set_ylabel(f"student {fit.metric}" + (" (mean ± seed s.d.)" if any(
+        s.spread is not None and not np.all(np.isnan(s.spread)) for s in fit.sizes) else ""))
+    ax.set_title(f"capacity gap: student against teacher size (★ {fit.method} optimum"
+                 + (", dotted: fitted surface)" if fit.method == "joint" else ")"))
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -46,13 +54,17 @@ def law_figure(fit: Fit) -> Figure:
     T = np.array([s.optimum for s in fit.sizes])
     ci = np.array([s.ci for s in fit.sizes]).T
     ax.errorbar(S / M, T / M, yerr=np.nan_to_num(np.abs(ci - T)) / M, fmt="o", color="k", capsize=3,
-                label="optimal teacher (95% CI)")
+                label=f"optimal teacher, {fit.method} fit (95% CI)")
+    if fit.two_step is not None:
+        ax.plot(S / M, [s.optimum / M for s in fit.two_step.sizes], "s", mfc="none", color="gray",
+                label=f"two-step optima (line: T* = {fit.two_step.a:.2f}·S "
+                      f"{'-' if fit.two_step.b < 0 else '+'} {abs(fit.two_step.b) / M:.1f}M)")
     grid = np.linspace(0, S.max() * 1.15, 100)
     band = fit.samples[:, :1] * grid + fit.samples[:, 1:]
     ax.fill_between(grid / M, *np.quantile(band, [0.025, 0.975], axis=0) / M, alpha=0.25,
                     label="fit 95% band")
     ax.plot(grid / M, (fit.a * grid + fit.b) / M, "-",
-            label=f"fit T* = {fit.a:.2f}·S {'-' if fit.b < 0 else '+'} {abs(fit.b) / M:.1f}M, R² {fit.r2:.3f}")
+            label=f"fit T* = {fit.a:.2f}·S {'-' if fit.b < 0 else '+'} {abs(fit.b) / M:.1f}M")
     ax.plot(grid / M, (PAPER["a"] * grid + PAPER["b"]) / M, "--", color="gray",
             label=f"paper T* = {PAPER['a']}·S − {-PAPER['b'] / M}M")
     ax.set_xlabel("student parameters S (M)")
