@@ -52,22 +52,74 @@ def _points(args, required: bool = True):
     return points_from_rows(rows, f"store {store.name}", args.metric)
 
 
+MODELS = ("capacity-gap", "distillation-scaling")
+
+
+def _model(args) -> str:
+    """argparse's `choices` would print usage and a second line; one line is the rule here."""
+    model = args.model or ("distillation-scaling" if getattr(args, "tokens", None) else "capacity-gap")
+    if model not in MODELS:
+        raise CapgapError(f"--model {model} is not a law model capgap knows: choose one of "
+                          f"{', '.join(MODELS)}")
+    return model
+
+
 def cmd_fit(args):
     from capgap.law.fit import fit
     from capgap.law.plots import save_plots
 
-    result = fit(_points(args), higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
+    model, points = _model(args), _points(args)
+    if model == "distillation-scaling":
+        from capgap.law.distillation import fit_distillation
+
+        dist = fit_distillation(points)  # refuses first, so nothing is written on bad input
+        print(dist.table())
+        print(_linear_beside(points, args))
+        from capgap.atomic import write_json_atomic
+
+        out = write_json_atomic(Path(args.out) / "distillation.json", dist.to_dict())
+        print(f"wrote {out}")
+        return
+    result = fit(points, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
     print(result.table())
     out = Path(args.out)
     for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
         print(f"wrote {path}")
 
 
+def _linear_beside(points, args) -> str:
+    """The capacity-gap law's line for comparison, on the runs of the most measured token
+    budget (the law holds the budget fixed; mixing budgets would read as seed noise)."""
+    import numpy as np
+
+    from capgap.law.fit import fit
+    from capgap.law.sizes import format_size
+
+    budgets, counts = np.unique(points.tokens[np.isfinite(points.tokens)], return_counts=True)
+    budget = max(zip(counts, budgets))[1]  # the most runs; of equals, the largest budget
+    keep = points.tokens == budget
+    sub = type(points)(points.teacher[keep], points.student[keep], points.value[keep],
+                       points.seed[keep], points.metric)
+    try:
+        law = fit(sub, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
+    except CapgapError as e:
+        return f"capacity-gap law at {format_size(budget)} tokens: not fitted ({e})"
+    return (f"capacity-gap law (joint) at {format_size(budget)} tokens, {keep.sum()} runs: "
+            f"{law.line()}")
+
+
 def cmd_predict(args):
     from capgap.law.fit import fit
-    from capgap.law.predict import describe, load_zoo, predict
+    from capgap.law.predict import describe, describe_distillation, load_zoo, predict, predict_distillation
+    from capgap.law.sizes import parse_size
 
-    points = _points(args, required=False)
+    model = _model(args)
+    points = _points(args, required=model == "distillation-scaling")
+    if model == "distillation-scaling":
+        if not args.tokens:
+            raise CapgapError("--model distillation-scaling predicts a loss at a token budget: give --tokens")
+        print(describe_distillation(predict_distillation(args.student, parse_size(args.tokens), points)))
+        return
     result = fit(points, higher_is_better=args.higher_is_better) if points else None
     print(describe(predict(args.student, result, load_zoo(family=args.family))))
 
@@ -112,11 +164,16 @@ def parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.add_argument("--out", default="capgap_fit", help="folder for fit.json and the plots")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--model", help="capacity-gap (T* = a·S + b, the default) or distillation-scaling "
+                                   "(Busbridge et al. 2025: student loss from teacher loss, size, tokens)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="the optimal teacher for a student size, and which to pick")
     p.add_argument("--student", required=True, help="student size: 30M, 1.2B, 3B, 135000000")
     p.add_argument("--family", help="pick only from this teacher family (pythia, gpt2, micro …)")
+    p.add_argument("--tokens", help="distillation tokens (e.g. 2B): predict the student's loss with "
+                                    "the distillation-scaling model for each measured teacher")
+    p.add_argument("--model", help="capacity-gap (default) or distillation-scaling (default with --tokens)")
     _add_source(p)
     p.set_defaults(func=cmd_predict)
 

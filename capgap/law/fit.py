@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capgap.atomic import write_atomic
 from capgap.errors import CapgapError
 from capgap.law.joint import Cells, fit_joint
 from capgap.law.points import CSV_COLUMNS, Points, group_students, points_from_rows, read_csv
@@ -83,11 +84,17 @@ class Fit:
         x = (np.log(teachers) - np.log(max(size.optimum, 1.0))) ** 2
         return sign * (sign * size.optimum_value + size.curvature * x)
 
+    def rms(self) -> float:
+        """RMS residual of the joint surface on the per-teacher means, in the metric's units."""
+        res = np.concatenate([self.curve(s, s.teachers) - s.values for s in self.sizes])
+        return float(np.sqrt(np.mean(res ** 2)))
+
     def law(self) -> dict:
         a_ci, b_ci = self.interval(self.samples[:, 0]), self.interval(self.samples[:, 1])
         return {"estimator": self.method, "a": self.a, "b": self.b, "r2": self.r2,
                 "r2_of": "surface" if self.method == "joint" else "line through optima",
                 "chi2_red": None if np.isnan(self.chi2) else self.chi2,
+                "rms": self.rms() if self.method == "joint" else None,
                 "a_ci95": list(a_ci), "b_ci95": list(b_ci),
                 "k_mean": float(np.mean([s.optimum / s.student for s in self.sizes])),
                 "n_bootstrap": len(self.samples), "units": "parameters"}
@@ -113,14 +120,12 @@ class Fit:
         return out
 
     def to_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def line(self) -> str:
         d = self.law()
-        gof = (f"surface R² {self.r2:.4f}" + ("" if np.isnan(self.chi2) else f", χ²/dof {self.chi2:.2f}")
+        gof = (f"surface R² {self.r2:.4f}, RMS {self.rms():.3g}"
+               + ("" if np.isnan(self.chi2) else f", χ²/dof {self.chi2:.2f}")
                if self.method == "joint" else f"line R² {self.r2:.4f}")
         return (f"T* = {self.a:.3f}·S {'-' if self.b < 0 else '+'} {abs(self.b) / 1e6:.3f}M"
                 f"   a 95% CI [{d['a_ci95'][0]:.3f}, {d['a_ci95'][1]:.3f}]"
@@ -141,10 +146,10 @@ class Fit:
                          f" {s.best_value:>10.4g} {format_size(s.optimum):>10} {ci:>17}"
                          f" {s.optimum / s.student:>7.2f}"
                          + (f" {format_size(two.sizes[i].optimum):>11}" if two else "") + f"  {note}")
-        lines += ["", f"{self.method + ':':<9} {self.line()}   ({len(self.sizes)} student sizes)"]
+        lines += ["", f"{self.method}: {self.line()}   ({len(self.sizes)} student sizes)"]
         if two:
-            lines.append(f"{'two-step:':<9} {two.line()}")
-        lines.append(f"{'paper:':<9} T* = {PAPER['a']:.3f}·S - {-PAPER['b'] / 1e6:.3f}M"
+            lines.append(f"two-step: {two.line()}")
+        lines.append(f"paper: T* = {PAPER['a']:.3f}·S - {-PAPER['b'] / 1e6:.3f}M"
                      f"   R² {PAPER['r2']}   (GPT-2 and Pythia)")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 

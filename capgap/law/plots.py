@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from capgap.atomic import atomic_file
 from capgap.law.fit import PAPER, Fit
 from capgap.law.sizes import format_size
 
@@ -82,5 +83,6 @@ def save_plots(fit: Fit, out_dir: str | Path) -> list[Path]:
     paths = []
     for name, fig in figures(fit).items():
         paths.append(out_dir / f"{name}.png")
-        fig.savefig(paths[-1], dpi=120)
+        with atomic_file(paths[-1]) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     return paths

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from capgap.errors import CapgapError
 from capgap.law.fit import PAPER, Fit
 from capgap.law.sizes import format_size, parse_size
 
-__all__ = ["parse_size", "load_zoo", "pick_teacher", "predict", "describe"]
+__all__ = ["parse_size", "load_zoo", "pick_teacher", "predict", "describe", "predict_distillation",
+           "describe_distillation"]
 
 TEACHER_CONF = Path(__file__).parents[2] / "conf" / "teacher"
 
@@ -78,3 +80,36 @@ def describe(p: dict) -> str:
         t = p["teacher"]
         lines.append(f"pick teacher={t['name']} ({format_size(t['params'])})")
     return "\n".join(lines + [f"note: {n}" for n in p["notes"]])
+
+
+def predict_distillation(student, tokens: int, points) -> dict:
+    """The distillation-scaling model's student loss at (student, tokens) for every teacher
+    measured (by its held-out loss), and the teacher loss that would be best."""
+    from capgap.law.distillation import fit_distillation
+
+    s = parse_size(student)
+    model = fit_distillation(points)
+    known = np.isfinite(points.teacher_loss)
+    teachers = {}
+    for t, lt in zip(points.teacher[known], points.teacher_loss[known]):
+        teachers.setdefault(float(t), []).append(float(lt))
+    rows = sorted(((t, float(np.mean(v))) for t, v in teachers.items() if t > s), key=lambda r: r[1])
+    pred = [(t, lt, float(model.predict(lt, s, tokens))) for t, lt in rows]
+    losses = points.teacher_loss[known]
+    best_lt = model.best_teacher_loss(s, tokens, (0.5 * losses.min(), 2 * losses.max()))
+    return {"student_params": s, "tokens": tokens, "model": model, "teachers": pred,
+            "best_teacher_loss": best_lt, "best_loss": float(model.predict(best_lt, s, tokens))}
+
+
+def describe_distillation(p: dict) -> str:
+    lines = [f"student {format_size(p['student_params'])} distilled on {format_size(p['tokens'])} tokens "
+             f"(distillation-scaling, R² {p['model'].r2:.4f} over {p['model'].n_points} runs):"]
+    if p["teachers"]:
+        best = min(p["teachers"], key=lambda r: r[2])
+        lines += [f"  teacher {format_size(t)} (held-out loss {lt:.4g}) -> student loss {ls:.4g}"
+                  + ("  <- best" if (t, lt, ls) == best else "") for t, lt, ls in p["teachers"]]
+    else:
+        lines.append("  no measured teacher is bigger than this student")
+    lines.append(f"best teacher loss by the model: {p['best_teacher_loss']:.4g} "
+                 f"(student loss {p['best_loss']:.4g})")
+    return "\n".join(lines)
