@@ -68,8 +68,19 @@ def _single_student(tmp_path):
     return ["fit", "--store", fill(tmp_path / "s.sqlite", rows)], "only one student size"
 
 
+def _too_few_for_the_joint_fit(tmp_path):
+    rows = [r for r in law_rows(seeds=1) if r["student_params"] in (20_000_000, 50_000_000)
+            and r["teacher_params"] in sorted({r["teacher_params"] for r in law_rows()})[4:7]]
+    return ["fit", "--store", fill(tmp_path / "f.sqlite", rows)], "too few points for the joint fit"
+
+
+def _unknown_model(tmp_path):
+    return ["fit", "--store", fill(tmp_path / "m.sqlite", law_rows(seeds=1)), "--model", "linear"], \
+        "--model linear is not a law model"
+
+
 @pytest.mark.parametrize("case", [_corrupt, _missing_column, _empty, _single_teacher,
-                                  _single_student])
+                                  _single_student, _too_few_for_the_joint_fit, _unknown_model])
 def test_mistakes_give_one_line(case, tmp_path, capsys):
     argv, says = case(tmp_path)
     assert main(argv) == 2
