@@ -104,3 +104,12 @@ def test_law_commands_never_import_torch(tmp_path):
             "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.splitlines()[-1] == "0 False False", proc.stderr
+
+
+def test_law_package_and_sweeper_import_no_torch():
+    code = ("import sys, pkgutil, importlib, capgap.law as law; "
+            "[importlib.import_module(f'capgap.law.{m.name}') for m in pkgutil.iter_modules(law.__path__)]; "
+            "importlib.import_module('hydra_plugins.capgap_adaptive_sweeper.adaptive_sweeper'); "
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr

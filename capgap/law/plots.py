@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from capgap.atomic import atomic_file
-from capgap.law.fit import PAPER, Fit
+from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
 from capgap.law.sizes import format_size
 
 M = 1e6  # axes in millions of parameters, as the paper
@@ -40,8 +40,8 @@ def curves_figure(fit: Fit) -> Figure:
     ax.set_xlabel("teacher parameters (M)")
     ax.set_ylabel(f"student {fit.metric}" + (" (mean ± seed s.d.)" if any(
         s.spread is not None and not np.all(np.isnan(s.spread)) for s in fit.sizes) else ""))
-    ax.set_title(f"capacity gap: student against teacher size (★ {fit.method} optimum"
-                 + (", dotted: fitted surface)" if fit.method == "joint" else ")"))
+    ax.set_title(f"capacity gap (★ {fit.method} optimum"
+                 + ("; dotted: fitted surface)" if fit.method == "joint" else ")"))
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
@@ -66,8 +66,8 @@ def law_figure(fit: Fit) -> Figure:
                     label="fit 95% band")
     ax.plot(grid / M, (fit.a * grid + fit.b) / M, "-",
             label=f"fit T* = {fit.a:.2f}·S {'-' if fit.b < 0 else '+'} {abs(fit.b) / M:.1f}M")
-    ax.plot(grid / M, (PAPER["a"] * grid + PAPER["b"]) / M, "--", color="gray",
-            label=f"paper T* = {PAPER['a']}·S − {-PAPER['b'] / M}M")
+    ax.plot(grid / M, np.array([paper_optimum(s) for s in grid]) / M, "--", color="gray",
+            label=f"paper T* = {PAPER['a']}·S − {-PAPER['b'] / M}M ({PAPER_RATIO}·S below ~12M)")
     ax.set_xlabel("student parameters S (M)")
     ax.set_ylabel("optimal teacher parameters T* (M)")
     ax.set_title("law of capacity gap")
