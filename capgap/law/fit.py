@@ -261,6 +261,9 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
     if bad := [format_size(s.student) for s, c in zip(sizes, j.curvature) if c <= 0]:
         notes.append(f"no minimum in the fitted curve of student {', '.join(bad)}: its points "
                      "do not rise on both sides of any teacher")
+    if len(j.samples) <= 1 and n_boot > 1:
+        notes.append("as many parameters as (student, teacher) pairs and one seed: the fit is "
+                     "exact and has no intervals; measure more teachers or seeds")
     if any(s.optimum <= 0 for s in sizes):
         notes.append("the fitted line gives no positive teacher for some student")
     return Fit(sizes, points.metric, higher_is_better, float(j.a), float(j.b), j.r2, j.samples,

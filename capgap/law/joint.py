@@ -96,7 +96,7 @@ def _solve(cells: Cells, y, w, starts, scale):
 def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 1000,
               seed: int = 0) -> JointResult:
     P = n_params(cells)
-    if len(cells.teacher) <= P:
+    if len(cells.teacher) < P:
         raise CapgapError(
             f"too few points for the joint fit: {len(cells.teacher)} (student, teacher) pairs "
             f"for {P} parameters (a, b, and a floor and a curvature per student size); "
@@ -125,7 +125,10 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
     wm = np.sum(w * w * y) / np.sum(w * w)
     ss_tot = float(np.sum(w * w * (y - wm) ** 2))
     r2 = 1 - float(res @ res) / ss_tot if ss_tot > 0 else float("nan")
-    chi2 = float(res @ res) / (len(y) - P) if replicated else float("nan")
+    dof_fit = len(y) - P
+    chi2 = float(res @ res) / dof_fit if replicated and dof_fit > 0 else float("nan")
+    if not replicated and dof_fit == 0:
+        n_boot = 0  # exactly determined, one seed: no spread to resample from
 
     rng = np.random.default_rng(seed)
     if replicated:
@@ -134,10 +137,10 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
         # of n draws, more where the surface fits worse than the seeds say it should
         z = np.concatenate([d * np.sqrt(len(d) / (len(d) - 1)) / sigma[k]
                             for d, k in zip(dev, g) if len(d) > 1])
-        scale_noise = sigma[g] * np.sqrt(max(1.0, chi2)) / n
+        scale_noise = sigma[g] * np.sqrt(max(1.0, np.nan_to_num(chi2))) / n
         mask = np.arange(n.max())[None, :] < n[:, None]
     else:
-        resid = (y - fitted) * np.sqrt(len(y) / (len(y) - P))
+        resid = (y - fitted) * np.sqrt(len(y) / max(dof_fit, 1))
     samples, optima = [], []
     for _ in range(n_boot):
         if replicated:
