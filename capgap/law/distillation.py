@@ -116,13 +116,12 @@ def fit_distillation(points: Points, starts: int = 4, seed: int = 0) -> Distilla
     several starts (the surface has flat directions), the best kept."""
     lt, s, d, y = _usable(points)
     names = list(NAMES)
-    lo = [np.log(BOUNDS[n][0]) if n in LOGGED and n in BOUNDS else BOUNDS.get(n, (-np.inf,))[0]
-          for n in names]
-    hi = [np.log(BOUNDS[n][1]) if n in LOGGED and n in BOUNDS else BOUNDS.get(n, (0, np.inf))[1]
-          for n in names]
-    lo[0], hi[0] = 0.0, float(y.min())  # the irreducible loss lies below every measured loss
-    lo = [(-50.0 if n in LOGGED and n not in BOUNDS else v) for n, v in zip(names, lo)]
-    hi = [(50.0 if n in LOGGED and n not in BOUNDS else v) for n, v in zip(names, hi)]
+    # search bounds; the positive scales are searched in log space, unbounded but finite
+    bounds = {n: (np.log(BOUNDS[n][0]), np.log(BOUNDS[n][1])) if n in LOGGED else BOUNDS[n]
+              for n in BOUNDS}
+    bounds.update({n: (-50.0, 50.0) for n in LOGGED if n not in BOUNDS})
+    bounds["E"] = (0.0, float(y.min()))  # the irreducible loss lies below every measured loss
+    lo, hi = [bounds[n][0] for n in names], [bounds[n][1] for n in names]
 
     def constants(x):
         return {n: float(np.exp(v)) if n in LOGGED else float(v) for n, v in zip(names, x)}

@@ -4,7 +4,6 @@ better) back, print what the full grid would have cost."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,8 +18,6 @@ from hydra.types import HydraContext, TaskFunction
 from capgap.errors import CapgapError
 
 from .config import CapgapAdaptiveSweeperConf  # noqa: F401  registers the config
-
-log = logging.getLogger(__name__)
 
 
 class CapgapAdaptiveSweeper(Sweeper):
