@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from capgap import training
-from capgap.distill.module import from_config
+from capgap.distill.config import from_config
 from capgap.errors import CapgapError
 from capgap.law.sizes import format_size, parse_size
 from capgap.models.params import count_params

@@ -14,7 +14,7 @@ from capgap.data.datamodule import CorpusDataModule
 from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
-from capgap.distill.module import from_config
+from capgap.distill.config import from_config
 from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
