@@ -21,7 +21,8 @@ from capgap.distill.config import from_config
 from capgap.errors import CapgapError
 from capgap.law.sizes import format_size, parse_size
 from capgap.models.params import count_params
-from capgap.student import config_hash, make_student, target_size, teacher_id
+from capgap.run_id import config_hash, teacher_id
+from capgap.student import make_student, target_size
 
 DEFAULT_RATIO = 2.5  # the paper's T* ≈ 2.5·S when no fit of our own exists
 

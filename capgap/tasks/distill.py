@@ -15,10 +15,12 @@ from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
-from capgap.models.zoo import load_model, load_tokenizer
+from capgap.models.zoo import load_tokenizer
+from capgap.pretraining import load_teacher
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.student import config_hash, make_student, size_info, teacher_id
+from capgap.run_id import config_hash, teacher_id
+from capgap.student import make_student, size_info
 from capgap.tasks.prune import save_student
 from capgap import training
 
@@ -49,7 +51,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
                           batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
                           eval_batches=d.eval_batches)
     dm.setup()
-    teacher, tokenizer = load_model(cfg.teacher, cfg)
+    teacher, tokenizer = load_teacher(cfg.teacher, cfg)
     # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
     transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer))
     ckpt_dir = checkpoint_dir(cfg)

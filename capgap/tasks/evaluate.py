@@ -4,7 +4,8 @@ import time
 
 from capgap.data.datamodule import CorpusDataModule
 from capgap.models.params import count_params
-from capgap.models.zoo import load_model, load_tokenizer
+from capgap.models.zoo import load_tokenizer
+from capgap.pretraining import load_teacher
 from capgap.training import evaluate
 
 
@@ -20,7 +21,7 @@ def eval_data(cfg, tokenizer) -> CorpusDataModule:
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
-    model, _ = load_model(cfg.teacher, cfg)
+    model, _ = load_teacher(cfg.teacher, cfg)
     res = evaluate(model, dm, cfg.trainer)
     n = count_params(model)
     metrics = {"teacher": cfg.teacher.name, "params": n["total"], "non_embedding": n["non_embedding"],

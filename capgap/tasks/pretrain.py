@@ -5,6 +5,7 @@ import time
 
 from capgap.errors import CapgapError
 from capgap.models import micro
+from capgap.pretraining import pretrained_micro
 
 
 def run(cfg, run_dir) -> dict:
@@ -16,7 +17,7 @@ def run(cfg, run_dir) -> dict:
     tokenizer = micro.micro_tokenizer(t, cfg)
     folder = micro.cache_folder(t, cfg, tokenizer)
     cached = (folder / "model" / "config.json").is_file()
-    micro.pretrained_micro(t, cfg, run_dir=run_dir)
+    pretrained_micro(t, cfg, run_dir=run_dir)
     m = json.loads((folder / "model" / "pretrain_metrics.json").read_text())
     metrics = {"teacher": t.name, "val_loss": m["val/loss"], "val_ppl": m["val/ppl"],
                "unigram_entropy": m["unigram_entropy"], "tokens": m["tokens"], "cached": cached,

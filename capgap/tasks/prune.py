@@ -5,7 +5,8 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 
 from capgap.errors import CapgapError
-from capgap.models.zoo import load_model, load_tokenizer
+from capgap.models.zoo import load_tokenizer
+from capgap.pretraining import load_teacher
 from capgap.atomic import atomic_dir
 from capgap.prune.slicing import save_pruned
 from capgap.prune.summary import summary
@@ -30,7 +31,7 @@ def run(cfg, run_dir) -> dict:
         raise CapgapError(f"task=prune makes pruned students; student.init={cfg.student.init} (use student=pruned)")
     start = time.perf_counter()
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
-    teacher, tokenizer = load_model(cfg.teacher, cfg)
+    teacher, tokenizer = load_teacher(cfg.teacher, cfg)
     student, info = make_student(cfg, teacher, tokenizer)
     plan = info.pop("plan")
     table, scalars = summary(teacher, student, plan)

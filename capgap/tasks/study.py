@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from capgap.callbacks import StoreCallback, git_commit
 from capgap.law.sizes import parse_size
 from capgap.law.store import Store
-from capgap.student import config_hash
+from capgap.run_id import config_hash
 from capgap.tasks import distill
 
 
