@@ -33,8 +33,10 @@ def check_group_choices(argv: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
+    from capgap import terminal
     from capgap.tasks import run_task
 
+    terminal.setup()
     try:
         metrics = run_task(cfg)
     except CapgapError as e:

@@ -18,6 +18,7 @@ from capgap.data.datamodule import CorpusDataModule
 from capgap.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
+from capgap.terminal import announce
 
 
 def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_dir: Path,
@@ -45,6 +46,8 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
     folder = cache_folder(model_cfg, cfg, tokenizer)
     if (folder / "model" / "config.json").is_file():
         return load_local(folder / "model", key=f"cached teacher {folder}")
+    announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded corpus "
+                            "(once; cached)")
     torch.manual_seed(cfg.pretrain.seed)
     config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
     config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,

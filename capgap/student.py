@@ -20,6 +20,7 @@ from capgap.prune.scores import block_influence, cache_path, get_scores, load_sc
 from capgap.prune.slicing import load_pruned, slice_model
 from capgap.run_id import teacher_id
 from capgap.scratch import scratch_model
+from capgap.terminal import announce
 from capgap.training import build_trainer
 
 
@@ -59,6 +60,7 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     if len(dm.train_dataloader()) < p.n_batches:
         raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
                           f"({len(dm.train_dataloader())} batches of {p.batch_size}x{p.block_size})")
+    announce("scoring", f"expressiveness E|dL/dmask| of the teacher on {p.n_batches} batches")
     module = PrunerModule(teacher, n_batches=p.n_batches, cache_path=path)
     # no weight moves, so nothing to clip, checkpoint or validate
     trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=p.n_batches, logger=False,
@@ -76,6 +78,7 @@ def pruned(cfg, teacher, tokenizer, teacher_key=None):
     if p.layer_drop == "block_influence":
         dm = scoring_data(cfg, tokenizer)
         influence = block_influence(teacher, dm.train_dataloader(), p.n_batches)
+    announce("pruning", f"{p.method} plan to {f'{size:,} parameters' if size else f'sparsity {p.sparsity}'}")
     plan = make_plan(teacher, scores, sparsity=None if size else p.sparsity, size=size,
                      ranking=p.ranking, multiple=p.multiple, min_heads=p.min_heads,
                      min_neurons=p.min_neurons, max_head_sparsity=p.max_head_sparsity,

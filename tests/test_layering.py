@@ -12,8 +12,8 @@ KNOWN_CYCLES = [{"capgap.prune.plan", "capgap.prune.slicing"}]
 
 # what each lower layer may import from capgap (besides itself)
 ALLOWED = {
-    "capgap.data": ("capgap.errors", "capgap.atomic", "capgap.cache"),
-    "capgap.models": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.data"),
+    "capgap.data": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.terminal"),
+    "capgap.models": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.terminal", "capgap.data"),
     "capgap.law": ("capgap.errors", "capgap.atomic", "capgap.cache"),
 }
 

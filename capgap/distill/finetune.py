@@ -11,6 +11,7 @@ from pathlib import Path
 
 from capgap import training
 from capgap.distill.config import optim_settings
+from capgap.terminal import announce
 from capgap.errors import CapgapError
 from capgap.lm_module import CausalLMModule
 
@@ -30,6 +31,7 @@ def finetune(model, dm, d, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pat
              lr_scale: float, log_every: int = 10, extra_callbacks=()):
     """Train `model` with CE only for `tokens` tokens at distill.lr·lr_scale; (trainer, metrics)."""
     steps = training.steps_for(tokens, dm.tokens_per_batch)
+    announce("fine-tuning", f"CE only on {steps * dm.tokens_per_batch:,} tokens at lr {d.lr * lr_scale:g}")
     optim = {**optim_settings(d), "lr": d.lr * lr_scale}
     module = CausalLMModule(model, total_steps=steps, log_every=log_every, **optim)
     # the distillation fit's final evaluation switched to the whole split; periodic ones use a prefix

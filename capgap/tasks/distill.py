@@ -23,6 +23,7 @@ from capgap.run_id import config_hash, teacher_id
 from capgap.student import make_student, size_info
 from capgap.tasks.prune import save_student
 from capgap import training
+from capgap.terminal import announce, report
 
 
 def checkpoint_dir(cfg) -> Path:
@@ -67,6 +68,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     info.pop("plan", None)
     info.update(size_info(student, teacher))  # sizes and sparsity against the real teacher
     steps = training.steps_for(d.tokens, dm.tokens_per_batch)
+    announce("distilling", f"{info['student_params']:,}-parameter student from {cfg.teacher.name} "
+                           f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * dm.tokens_per_batch:,} tokens")
     module = from_config(student, source, d, steps, log_every=log_every)
     extra = [make(info, dm.tokens_per_batch) for make in callbacks]
     ft_tokens, ft_scale = finetune_settings(d)
@@ -96,7 +99,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
         metrics.update(val_loss_distilled=before["val/loss"], finetune_steps=int(ft_trainer.global_step),
                        finetune_tokens=int(ft_trainer.global_step) * dm.tokens_per_batch,
                        finetune_lr=float(d.lr * ft_scale))
-    print(f"[capgap] distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
+    report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
           f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
           f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
           f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")

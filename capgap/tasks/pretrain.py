@@ -6,6 +6,7 @@ import time
 from capgap.errors import CapgapError
 from capgap.models import micro
 from capgap.pretraining import pretrained_micro
+from capgap.terminal import report
 
 
 def run(cfg, run_dir) -> dict:
@@ -24,7 +25,7 @@ def run(cfg, run_dir) -> dict:
                "teacher_dir": str(folder / "model"), "wall_time_s": time.perf_counter() - start,
                "objective": m["val/loss"]}
     how = "reused cache" if cached else f"pretrained on {m['tokens']:,} tokens"
-    print(f"[capgap] {t.name}: held-out loss {metrics['val_loss']:.4f} nats/token "
+    report(f"{t.name}: held-out loss {metrics['val_loss']:.4f} nats/token "
           f"(ppl {metrics['val_ppl']:.1f}; unigram entropy of validation {metrics['unigram_entropy']:.4f}) "
           f"{how} in "
           f"{metrics['wall_time_s']:.1f}s -> {metrics['teacher_dir']}")

@@ -12,6 +12,7 @@ from capgap.prune.slicing import save_pruned
 from capgap.prune.summary import summary
 from capgap.student import make_student
 from capgap.tasks.evaluate import eval_data
+from capgap.terminal import announce, report
 from capgap.training import evaluate
 
 
@@ -35,6 +36,7 @@ def run(cfg, run_dir) -> dict:
     student, info = make_student(cfg, teacher, tokenizer)
     plan = info.pop("plan")
     table, scalars = summary(teacher, student, plan)
+    announce("evaluating", "teacher and student on the held-out split")
     teacher_eval = evaluate(teacher, dm, cfg.trainer)
     student_eval = evaluate(student, dm, cfg.trainer)
     folder = save_student(student, plan, tokenizer, run_dir / "student")
@@ -48,8 +50,8 @@ def run(cfg, run_dir) -> dict:
                "teacher_val_loss": teacher_eval["val_loss"], "val_loss": student_eval["val_loss"],
                "val_ppl": student_eval["val_ppl"], "student_dir": str(folder),
                "wall_time_s": time.perf_counter() - start, "objective": student_eval["val_loss"]}
-    print(table)
-    print(f"[capgap] {cfg.teacher.name} -> {info['student_params']:,} parameters "
+    report(table)
+    report(f"{cfg.teacher.name} -> {info['student_params']:,} parameters "
           f"(sparsity {info['sparsity']:.1%}, {cfg.prune.method}): held-out loss "
           f"{teacher_eval['val_loss']:.4f} -> {student_eval['val_loss']:.4f} before distillation; "
           f"saved {folder}")
