@@ -14,7 +14,7 @@ KNOWN_CYCLES = [{"capgap.prune.plan", "capgap.prune.slicing"}]
 ALLOWED = {
     "capgap.data": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.terminal"),
     "capgap.models": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.terminal", "capgap.data"),
-    "capgap.law": ("capgap.errors", "capgap.atomic", "capgap.cache"),
+    "capgap.law": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.confdir"),
 }
 
 

@@ -2,7 +2,7 @@
 
 import time
 
-from torch.utils.tensorboard import SummaryWriter
+from hydra.utils import instantiate
 
 from capgap.errors import CapgapError
 from capgap.models.zoo import load_tokenizer
@@ -40,12 +40,13 @@ def run(cfg, run_dir) -> dict:
     teacher_eval = evaluate(teacher, dm, cfg.trainer)
     student_eval = evaluate(student, dm, cfg.trainer)
     folder = save_student(student, plan, tokenizer, run_dir / "student")
-    with SummaryWriter(str(run_dir / "tb")) as tb:
-        tb.add_text("prune/summary", "```\n" + table + "\n```")
-        for k, v in scalars.items():
-            tb.add_scalar(f"prune/{k}", v)
-        tb.add_scalar("prune/val_loss/teacher", teacher_eval["val_loss"])
-        tb.add_scalar("prune/val_loss/student", student_eval["val_loss"])
+    (run_dir / "prune_summary.txt").write_text(table + "\n")
+    if cfg.get("logger"):  # logger=csv, tensorboard, …: the figures go where the user asked
+        logger = instantiate(cfg.logger, save_dir=str(run_dir))
+        logger.log_metrics({**{f"prune/{k}": float(v) for k, v in scalars.items()},
+                            "prune/val_loss/teacher": teacher_eval["val_loss"],
+                            "prune/val_loss/student": student_eval["val_loss"]}, step=0)
+        logger.finalize("success")
     metrics = {"teacher": cfg.teacher.name, **info, "method": cfg.prune.method,
                "teacher_val_loss": teacher_eval["val_loss"], "val_loss": student_eval["val_loss"],
                "val_ppl": student_eval["val_ppl"], "student_dir": str(folder),
