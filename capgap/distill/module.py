@@ -158,31 +158,3 @@ class DistillModule(CausalLMModule):
             self._teacher_val_pending = False
         # logged at every evaluation (a flat reference line), computed only once
         self.log("val/teacher_loss", self._teacher_val_losses[key])
-
-
-def _width(model) -> int:
-    return model.get_input_embeddings().weight.shape[1]
-
-
-def from_config(student, teacher, d, total_steps: int, log_every: int = 10) -> DistillModule:
-    """A DistillModule from a `distill` config node (conf/distill/*.yaml)."""
-    loss_cfg = dict(d.loss)
-    name = loss_cfg.pop("name", "soft_ce")
-    inter = d.get("intermediate") or {}
-    prog_cfg = d.get("progressive") or {}
-    hard = None
-    if (d.get("data_strategy") or {}).get("name") == "hard":
-        hard = float(d.data_strategy.get("fraction", 0.5))
-        if not 0 < hard <= 1:
-            raise CapgapError(f"distill.data_strategy.fraction={hard} must be in (0, 1]")
-    return DistillModule(
-        student, teacher, get_kd_loss(name, **loss_cfg), chunk_size=d.chunk_size,
-        teacher_dtype=teacher_dtype(d.get("teacher_dtype")),
-        hidden_weight=float(inter.get("hidden", 0.0) or 0.0),
-        attention_weight=float(inter.get("attention", 0.0) or 0.0),
-        mapping=inter.get("mapping", "uniform"), k=inter.get("k"), pairs=inter.get("pairs"),
-        hard_fraction=hard, progressive_stages=int(prog_cfg.get("stages") or 0),
-        progressive_fractions=list(prog_cfg["fractions"]) if prog_cfg.get("fractions") else None,
-        lr=d.lr, betas=tuple(d.betas), weight_decay=d.weight_decay,
-        warmup_fraction=d.warmup_fraction, min_lr_ratio=d.min_lr_ratio,
-        total_steps=total_steps, log_every=log_every)
