@@ -44,6 +44,13 @@ class StageBar(TQDMProgressBar):
             bar.n = n
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
+    def on_validation_start(self, trainer, pl_module):
+        # the closing evaluation of a fit (trainer.validate) is a stage of its own; tasks that
+        # only evaluate have announced it already
+        if trainer.state.fn == "validate" and terminal.title() != "evaluating":
+            terminal.announce("evaluating", f"{int(self.total_val_batches)} held-out batches")
+        super().on_validation_start(trainer, pl_module)
+
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self.has_dataloader_changed(dataloader_idx):  # capgap validates on one loader
             self.val_progress_bar.reset(convert_inf(self.total_val_batches_current_dataloader))

@@ -18,20 +18,23 @@ BAR = re.compile(r"^([\w -]+): .*\|.*\d+/[\d?]+ \[")
 
 
 def screen(text: str) -> list[str]:
-    """The lines a terminal ends up showing. tqdm redraws a bar after a carriage return and
-    moves between bars with newline and cursor-up (ESC[A); other escapes change no text."""
-    lines, row = [""], 0
+    """The lines a terminal ends up showing: text overwrites from the cursor, a carriage return
+    goes back to the line's start, a newline down to the next, ESC[A (tqdm moving between its
+    bars) up one; other escapes change no text."""
+    lines, row, col = [[]], 0, 0
     for part in CONTROL.split(text):
         if part == "\n":
-            row += 1
-            lines += [""] * (row + 1 - len(lines))
+            row, col = row + 1, 0
+            lines += [[] for _ in range(row + 1 - len(lines))]
         elif part == "\r":
-            lines[row] = ""  # tqdm writes whole frames, so the next text replaces the line
+            col = 0
         elif part == "\x1b[A":
             row = max(0, row - 1)
-        elif not part.startswith("\x1b"):
-            lines[row] += part
-    return [line.rstrip() for line in lines if line.strip()]
+        elif part and not part.startswith("\x1b"):
+            line = lines[row]
+            line[col:col + len(part)] = part
+            col += len(part)
+    return ["".join(line).rstrip() for line in lines if "".join(line).strip()]
 
 
 def test_run_py_terminal_is_quiet_and_says_each_stage_once(tiny_setup, tmp_path):
@@ -49,7 +52,7 @@ def test_run_py_terminal_is_quiet_and_says_each_stage_once(tiny_setup, tmp_path)
     everything = "\n".join(shown)
 
     stages = [line.split(":")[0] for line in shown if line.startswith("[capgap]")]
-    for stage in ("tokenizing", "scoring", "pruning", "distilling", "writing the store"):
+    for stage in ("tokenizing", "scoring", "pruning", "distilling", "evaluating", "writing the store"):
         assert stages.count(f"[capgap] {stage}") == 1, everything
     titles = {m.group(1) for line in shown if (m := BAR.match(line))}
     assert titles == {"scoring", "distilling", "evaluating"}, everything
