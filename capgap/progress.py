@@ -48,7 +48,7 @@ class StageBar(TQDMProgressBar):
         # the closing evaluation of a fit (trainer.validate) is a stage of its own; tasks that
         # only evaluate have announced it already
         if trainer.state.fn == "validate" and terminal.title() != "evaluating":
-            terminal.announce("evaluating", f"{int(self.total_val_batches)} held-out batches")
+            terminal.announce("evaluating", f"{int(self.total_val_batches)} held-out batches after {terminal.title()}")
         super().on_validation_start(trainer, pl_module)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
