@@ -8,11 +8,21 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from capgap.errors import CapgapError
 
 CONF = Path(__file__).parent / "conf"
+
+
+def run_name(teacher: str, path: str | None = None, *more) -> str:
+    """A run folder's name: the teacher (teacher.path's folder when it overrides teacher=),
+    then what a sweep varies (student.size), leaving out what is unset."""
+    parts = [Path(path).name if path else teacher, *(str(m) for m in more if m not in (None, ""))]
+    return "_".join(parts)
+
+
+OmegaConf.register_new_resolver("capgap_name", run_name, replace=True)
 
 
 def check_group_choices(argv: list[str]) -> None:
@@ -33,8 +43,10 @@ def check_group_choices(argv: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
+    from capgap import terminal
     from capgap.tasks import run_task
 
+    terminal.setup()
     try:
         metrics = run_task(cfg)
     except CapgapError as e:

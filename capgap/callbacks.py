@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from capgap.errors import CapgapError
+from capgap.terminal import announce
 
 
 def git_commit() -> str | None:
@@ -48,6 +49,7 @@ class StoreCallback(Callback):
                        perplexity=metrics.get("val/ppl"), extra=metrics)
         else:
             row.update(status="failed", error=f"final held-out loss is {loss}")
+        announce("writing the store", f"{row['status']} row into {self.store.name}")
         self.store.record(row, replace=self.replace)
         self.written = True
         if isinstance(trainer.logger, TensorBoardLogger) and row["status"] == "done":

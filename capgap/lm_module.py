@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from capgap.data.blocks import IGNORE
 from capgap.errors import CapgapError
 
 
@@ -80,7 +81,7 @@ class CausalLMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self.model(input_ids=batch["input_ids"], labels=batch["labels"])
         # weight by predicted tokens so a padded last block counts for what it holds
-        n = (batch["labels"][:, 1:] != -100).sum()
+        n = (batch["labels"][:, 1:] != IGNORE).sum()
         self.val_loss.update(out.loss, n)
 
     def on_validation_epoch_end(self):

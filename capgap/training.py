@@ -10,6 +10,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from capgap.progress import StageBar
+
 
 def resolve_precision(precision) -> str:
     """`auto`: bf16 mixed precision on GPUs that have it, full fp32 elsewhere."""
@@ -29,6 +31,8 @@ def build_trainer(trainer_cfg, **overrides) -> L.Trainer:
     kwargs = {k: v for k, v in trainer_cfg.items() if k != "checkpoint_every"}
     kwargs.update(overrides)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"))
+    if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.progress)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StageBar()]
     return instantiate(kwargs)
 
 

@@ -2,6 +2,8 @@
 
 import torch
 
+from capgap.data.blocks import IGNORE
+
 
 def batches(n, b=2, t=16, vocab=96, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -9,7 +11,7 @@ def batches(n, b=2, t=16, vocab=96, seed=0):
     for _ in range(n):
         ids = torch.randint(0, vocab, (b, t), generator=g)
         labels = ids.clone()
-        labels[0, :3] = -100  # as a DataModule yields: ignored positions
+        labels[0, :3] = IGNORE  # as a DataModule yields: ignored positions
         out.append({"input_ids": ids, "labels": labels})
     return out
 

@@ -4,8 +4,9 @@ and out of checkpoints and optimiser, the CE baseline never runs the teacher."""
 import pytest
 import torch
 
-from capgap.distill.intermediate import HiddenStateMSE, attention_kl, layer_map
-from capgap.distill.losses import IGNORE, KDLoss, shift_labels
+from capgap.distill.intermediate import AttentionKL, HiddenStateMSE, attention_kl, layer_map
+from capgap.data.blocks import IGNORE
+from capgap.distill.losses import KDLoss, shift_labels
 from capgap.distill.module import DistillModule
 from capgap.errors import CapgapError
 from conftest import TINY, VOCAB
@@ -64,16 +65,17 @@ def test_loss_and_gradient_equal_unchunked_reference(arch, loss):
 def test_teacher_is_frozen_hidden_from_state_and_optimiser():
     teacher, student = pair("gpt_neox")
     teacher.train()
-    module = DistillModule(student, teacher, hidden_weight=1.0)
+    hidden = HiddenStateMSE(layer_map(2, 3), student.config.hidden_size, teacher.config.hidden_size)
+    module = DistillModule(student, teacher, terms={"hidden": hidden})
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    assert all(k.startswith(("model.", "hidden_loss.")) for k in module.state_dict())
-    assert any(k.startswith("hidden_loss.proj") for k in module.state_dict())
+    assert all(k.startswith(("model.", "terms.hidden.")) for k in module.state_dict())
+    assert any(k.startswith("terms.hidden.proj") for k in module.state_dict())
     module.train()  # what Lightning does at the start of each epoch
     assert not teacher.training
     opt = module.configure_optimizers()["optimizer"]
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert not in_opt & {id(p) for p in teacher.parameters()}
-    assert {id(p) for p in module.hidden_loss.parameters()} <= in_opt
+    assert {id(p) for p in hidden.parameters()} <= in_opt
     assert {id(p) for p in student.parameters()} <= in_opt
 
 
@@ -91,25 +93,27 @@ def test_ce_only_never_runs_the_teacher():
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
 def test_intermediate_terms_add_with_their_weights(arch):
     teacher, student = pair(arch)
-    module = DistillModule(student, teacher, KDLoss(), hidden_weight=0.3, attention_weight=0.7)
+    pairs = layer_map(2, 3)
+    terms = {"hidden": HiddenStateMSE(pairs, student.config.hidden_size, teacher.config.hidden_size, 0.3),
+             "attention": AttentionKL(pairs, 0.7)}
+    module = DistillModule(student, teacher, KDLoss(), terms=terms)
     b = batch()
     parts = module.compute_loss(b)
     assert set(parts) == {"loss", "ce", "kd", "hidden", "attention"}
-    pairs = layer_map(2, 3)
     mse = HiddenStateMSE(pairs, student.config.hidden_size, teacher.config.hidden_size)
-    mse.load_state_dict(module.hidden_loss.state_dict())
+    mse.load_state_dict(terms["hidden"].state_dict())
     mask = b["labels"] != IGNORE
     s = student(input_ids=b["input_ids"], output_hidden_states=True, output_attentions=True)
     with torch.no_grad():
         t = teacher(input_ids=b["input_ids"], output_hidden_states=True, output_attentions=True)
     kd = KDLoss()(s.logits, t.logits, shift_labels(b["labels"])).loss
-    hidden = mse(s.hidden_states, t.hidden_states, mask)
+    hidden = mse(s, t, mask)
     attn = attention_kl(s.attentions, t.attentions, pairs, mask=mask)
     torch.testing.assert_close(parts["hidden"], hidden)
     torch.testing.assert_close(parts["attention"], attn)
     torch.testing.assert_close(parts["loss"], kd + 0.3 * hidden + 0.7 * attn, rtol=1e-5, atol=1e-6)
     parts["loss"].backward()
-    assert all(p.grad is not None for p in module.hidden_loss.parameters())
+    assert all(p.grad is not None for p in terms["hidden"].parameters())
 
 
 def test_teacher_in_lower_precision():

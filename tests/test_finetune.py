@@ -15,7 +15,7 @@ def test_finetune_stage_trains_with_ce_only_at_the_scaled_lr(tiny_setup, tmp_pat
     root, corpus = tiny_setup
     calls = {"teacher": 0}
     seen = []  # (module type, teacher forwards so far, peak lr of the module)
-    load = distill_task.load_model
+    load = distill_task.load_teacher
 
     def counting_load(model_cfg, cfg):
         teacher, tok = load(model_cfg, cfg)
@@ -31,7 +31,7 @@ def test_finetune_stage_trains_with_ce_only_at_the_scaled_lr(tiny_setup, tmp_pat
         seen.append((type(self), calls["teacher"], self.lr,
                      self.trainer.optimizers[0].param_groups[0]["lr"]))
 
-    monkeypatch.setattr(distill_task, "load_model", counting_load)
+    monkeypatch.setattr(distill_task, "load_teacher", counting_load)
     monkeypatch.setattr(CausalLMModule, "on_train_batch_start", on_train_batch_start, raising=False)
     cfg = config(root, corpus, tmp_path / "run", "distill=finetune", f"distill.finetune.tokens={6 * 4 * 16}",
                  "distill.finetune.lr_scale=0.25")

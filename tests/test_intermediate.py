@@ -1,6 +1,7 @@
 """Intermediate losses against written-out formulas, and on tiny HF models of unequal shape."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_hidden_mse_matches_reference():
     ht = [torch.randn(B, L, HT, dtype=torch.float64) for _ in range(5)]
     mask = torch.ones(B, L, dtype=torch.bool)
     mask[1, 3:] = False
-    got = mse(hs, ht, mask)
+    got = mse(SimpleNamespace(hidden_states=hs), SimpleNamespace(hidden_states=ht), mask)
 
     ref = 0
     for (s, t), proj in zip(pairs, mse.proj):
@@ -106,7 +107,7 @@ def test_on_tiny_models_of_unequal_shape():
     s = student(ids, output_hidden_states=True, output_attentions=True)
     pairs = layer_map(2, 4)
     mse = HiddenStateMSE(pairs, 24, 32)
-    loss = mse(s.hidden_states, t.hidden_states) + attention_kl(s.attentions, t.attentions, pairs)
+    loss = mse(s, t) + attention_kl(s.attentions, t.attentions, pairs)
     loss.backward()
     assert loss.isfinite()
     assert mse.proj[0].weight.grad.abs().sum() > 0

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from capgap.distill.losses import DIVERGENCES, IGNORE, get_kd_loss, shift_labels
+from capgap.data.blocks import IGNORE
+from capgap.distill.losses import DIVERGENCES, get_kd_loss, shift_labels
 from capgap.errors import CapgapError
 
 N, V = 7, 5

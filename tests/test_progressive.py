@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from omegaconf import OmegaConf
+
+from capgap.data.blocks import IGNORE
 from capgap.distill import progressive as prog
-from capgap.distill.losses import IGNORE
 from capgap.distill.module import DistillModule
 from capgap.errors import CapgapError
 from capgap.tasks import run_task
@@ -43,14 +45,20 @@ def _batches(n, b=2, t=12):
     return DataLoader(out, batch_size=b)
 
 
-class Snapshot(L.Callback):
-    def __init__(self):
-        self.states, self.stages = {}, []
+def progressive(student, teacher, stages, total_steps, **optim):
+    """A DistillModule with the strategy as from_config builds it; (module, schedule callback)."""
+    d = OmegaConf.create({"progressive": {"stages": stages}})
+    s = prog.from_config(d, student, teacher, total_steps)
+    module = DistillModule(student, teacher, terms=s.terms, callbacks=s.callbacks, total_steps=total_steps, **optim)
+    return module, s.callbacks[0]
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.stages.append(module.stage())
+
+class Snapshot(L.Callback):
+    def __init__(self, schedule):
+        self.states, self.stages, self.schedule = {}, [], schedule
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.stages.append(self.schedule.stage)  # the stage this batch trained in
         self.states[trainer.global_step] = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
@@ -60,10 +68,10 @@ def test_early_stage_moves_only_the_lower_blocks():
     torch.manual_seed(1)
     student = tiny_gpt_neox(hidden_size=16, num_attention_heads=2, intermediate_size=48)  # narrower: projected
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    module = DistillModule(student, teacher, progressive_stages=2, lr=1e-2, weight_decay=0.5,
-                           warmup_fraction=0.0, total_steps=6, log_every=1)
-    assert all(k.startswith(("model.", "progressive_loss.")) for k in module.state_dict())
-    snap = Snapshot()
+    module, schedule = progressive(student, teacher, 2, 6, lr=1e-2, weight_decay=0.5,
+                                   warmup_fraction=0.0, log_every=1)
+    assert all(k.startswith(("model.", "terms.progressive0.")) for k in module.state_dict())
+    snap = Snapshot(schedule)
     trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                         callbacks=[snap])
@@ -88,7 +96,7 @@ def test_stage_loss_is_mse_of_top_block_against_mapped_teacher_block(narrow):
     torch.manual_seed(1)
     kw = dict(hidden_size=16, num_attention_heads=2, intermediate_size=48) if narrow else {}
     student = tiny_gpt_neox(num_hidden_layers=3, **kw)
-    module = DistillModule(student, teacher, progressive_stages=3, total_steps=9)
+    module, schedule = progressive(student, teacher, 3, 9)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, VOCAB, (2, 12), generator=g)
     labels = ids.clone()
@@ -99,15 +107,15 @@ def test_stage_loss_is_mse_of_top_block_against_mapped_teacher_block(narrow):
     mask = (labels != IGNORE).float()
     # uniform map of 3 student blocks onto 6 teacher blocks: 1 → 2, 2 → 4
     for stage, (s, t) in enumerate([(1, 2), (2, 4)]):
-        module.stage = lambda stage=stage: stage
-        proj = module.progressive_loss[stage].proj[0]
+        schedule.apply(module, stage)
+        proj = module.terms[f"progressive{stage}"].proj[0]
         want = (((proj(s_h[s]) - t_h[t]) ** 2).mean(-1) * mask).sum() / mask.sum()
         parts = module.compute_loss({"input_ids": ids, "labels": labels})
         torch.testing.assert_close(parts["loss"], want, rtol=1e-5, atol=1e-6)
-        assert parts["stage"] == stage and "kd" not in parts
-    module.stage = lambda: 2  # the last stage: the paper's loss over the whole model
+        assert set(parts) == {"loss", f"progressive{stage}"}
+    schedule.apply(module, 2)  # the last stage: the paper's loss over the whole model
     parts = module.compute_loss({"input_ids": ids, "labels": labels})
-    assert {"ce", "kd"} <= set(parts) and parts["stage"] == 2
+    assert set(parts) == {"loss", "ce", "kd"}
 
 
 def test_task_distill_progressive_end_to_end(tmp_path):
@@ -118,4 +126,4 @@ def test_task_distill_progressive_end_to_end(tmp_path):
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     stages = [float(r["train/stage"]) for r in rows if r.get("train/stage")]
     assert stages[0] == 0 and stages[-1] == 1 and stages == sorted(stages)
-    assert any(r.get("train/progressive") for r in rows) and any(r.get("train/kd") for r in rows)
+    assert any(r.get("train/progressive0") for r in rows) and any(r.get("train/kd") for r in rows)

@@ -54,7 +54,7 @@ def test_student_not_smaller_than_teacher_is_skipped_not_an_error(tmp_path):
 
 
 def test_config_hash_ignores_display_and_off_options_but_not_the_experiment(tmp_path):
-    from capgap.student import config_hash
+    from capgap.run_id import config_hash
 
     base = config_hash(config(tmp_path, "student.size=250K"))
     assert config_hash(config(tmp_path, "student.size=250K", "trainer.enable_progress_bar=true",

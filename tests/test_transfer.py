@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import capgap.data.transfer as transfer
-from capgap.distill.hard import hardest, sequence_ce
-from capgap.distill.losses import IGNORE, KDLoss
+from capgap.distill.hard import HardExamples, hardest, sequence_ce
+from capgap.data.blocks import IGNORE
+from capgap.distill.losses import KDLoss
 from capgap.distill.module import DistillModule
 from capgap.tasks import run_task
 from conftest import VOCAB, tiny_gpt_neox
@@ -68,7 +69,7 @@ def test_hard_mining_trains_on_the_sequences_the_student_lags_most():
     teacher, student = tiny_gpt_neox(), tiny_gpt_neox(hidden_size=16, num_attention_heads=2)
     ids = torch.randint(0, VOCAB, (6, 10))
     batch = {"input_ids": ids, "labels": ids.clone()}
-    module = DistillModule(student, teacher, KDLoss(alpha=0.5), hard_fraction=0.5)
+    module = DistillModule(student, teacher, KDLoss(alpha=0.5), select=HardExamples(0.5))
     parts = module.compute_loss(batch)
     # independently: full logits, per-sequence CE gap, top half, the plain KD loss on those rows
     with torch.no_grad():
@@ -118,14 +119,17 @@ def test_generated_set_is_cached_and_a_second_run_samples_nothing(tiny_setup, tm
 
 
 def test_hard_preset_reaches_the_module(tiny_setup, tmp_path):
-    from capgap.distill.module import from_config
+    from capgap.distill.config import from_config
     from capgap.errors import CapgapError
     root, corpus = tiny_setup
     cfg = config(root, corpus, tmp_path, "distill=hard", "distill.data_strategy.fraction=0.25",
                  "distill.loss.alpha=1.0")
     module = from_config(tiny_gpt_neox(), tiny_gpt_neox(), cfg.distill, total_steps=1)
-    assert module.hard_fraction == 0.25 and module.uses_teacher  # even with no KD term
+    assert module.select.fraction == 0.25 and module.uses_teacher  # even with no KD term
     assert from_config(tiny_gpt_neox(), tiny_gpt_neox(), config(root, corpus, tmp_path).distill,
-                       total_steps=1).hard_fraction is None
+                       total_steps=1).select is None
+    with pytest.raises(CapgapError, match="fraction=0"):
+        from_config(tiny_gpt_neox(), tiny_gpt_neox(), config(root, corpus, tmp_path, "distill=hard",
+                    "distill.data_strategy.fraction=0").distill, total_steps=1)
     with pytest.raises(CapgapError, match="distill.data_strategy.name"):
         transfer.strategy(config(root, corpus, tmp_path, "distill.data_strategy.name=easy").distill)

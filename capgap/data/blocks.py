@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# the label no loss counts (torch's and HF's ignore_index): padding, unselected sequences
 IGNORE = -100
 
 

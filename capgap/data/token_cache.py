@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from capgap.atomic import atomic_dir
 from capgap.data import sources
 from capgap.errors import CapgapError
+from capgap.terminal import announce
 
 BATCH_DOCS = 256
 
@@ -45,6 +46,8 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
     out = Path(cache_dir) / "tokens" / cache_key(tokenizer, data_cfg)
     if (out / "meta.json").is_file():
         return out, False
+    where = data_cfg.get("path") or data_cfg.get("name") or data_cfg.kind
+    announce("tokenizing", f"{where} with a {len(tokenizer):,}-token vocabulary (once; cached)")
     dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
@@ -76,7 +79,6 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
             if batch:
                 flush()
             bar.close()
-        where = data_cfg.get("path") or data_cfg.get("name") or data_cfg.kind
         if counts["train"] + counts["val"] == 0:
             raise CapgapError(f"data.path={where}: empty corpus, no text to tokenize")
         if counts["val"] == 0 or counts["train"] == 0:

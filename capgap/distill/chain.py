@@ -17,11 +17,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from capgap import training
-from capgap.distill.module import from_config
+from capgap.distill.config import from_config
 from capgap.errors import CapgapError
 from capgap.law.sizes import format_size, parse_size
 from capgap.models.params import count_params
-from capgap.student import config_hash, make_student, target_size, teacher_id
+from capgap.run_id import config_hash, teacher_id
+from capgap.student import make_student, target_size
+from capgap.terminal import announce, report
 
 DEFAULT_RATIO = 2.5  # the paper's T* ≈ 2.5·S when no fit of our own exists
 
@@ -93,6 +95,8 @@ def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes:
     for i, size in enumerate(sizes, 1):
         stage_cfg = OmegaConf.merge(cfg, {"student": {"size": size}, "prune": {"ranking": "uniform"}})
         student, info = make_student(stage_cfg, current, tokenizer, teacher_key=key)
+        announce("distilling", f"assistant {i}/{len(sizes)}, {info['student_params']:,} parameters, "
+                               f"on {steps * dm.tokens_per_batch:,} tokens")
         module = from_config(student, current, d, steps, log_every=log_every)
         trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), Path(run_dir) / f"assistant{i}",
                                     Path(ckpt_dir) / f"assistant{i}", steps)
@@ -100,7 +104,7 @@ def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes:
         stages.append({"size": size, "params": info["student_params"], "teacher_params": info["teacher_params"],
                        "steps": int(trainer.global_step), "val_loss": res["val/loss"],
                        "teacher_val_loss": res.get("val/teacher_loss")})
-        print(f"[capgap] assistant {i}/{len(sizes)}: {info['student_params']:,} parameters, "
+        report(f"assistant {i}/{len(sizes)}: {info['student_params']:,} parameters, "
               f"held-out loss {res['val/loss']:.4f}")
         current = module.model
         # the assistant's weights depend on everything in the config: its scores are its own

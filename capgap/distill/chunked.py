@@ -19,7 +19,8 @@ Ignored positions are dropped before any logits are made, so padding costs nothi
 import torch
 import torch.nn.functional as F
 
-from capgap.distill.losses import IGNORE, KDLoss, Losses, at_least_fp32
+from capgap.data.blocks import IGNORE
+from capgap.distill.losses import KDLoss, Losses, at_least_fp32
 
 # 256 tokens × 50k vocab ≈ 50 MB per fp32 logits tensor; a [256, hidden] matmul still keeps a
 # GPU busy (Liger's heuristic, tokens·hidden/vocab, gives 256 too at 8×2048 tokens and GPT-2 widths)

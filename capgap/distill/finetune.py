@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from capgap import training
+from capgap.distill.config import optim_settings
+from capgap.terminal import announce
 from capgap.errors import CapgapError
 from capgap.lm_module import CausalLMModule
 
@@ -29,9 +31,9 @@ def finetune(model, dm, d, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pat
              lr_scale: float, log_every: int = 10, extra_callbacks=()):
     """Train `model` with CE only for `tokens` tokens at distill.lr·lr_scale; (trainer, metrics)."""
     steps = training.steps_for(tokens, dm.tokens_per_batch)
-    module = CausalLMModule(model, lr=d.lr * lr_scale, betas=tuple(d.betas), weight_decay=d.weight_decay,
-                            warmup_fraction=d.warmup_fraction, min_lr_ratio=d.min_lr_ratio,
-                            total_steps=steps, log_every=log_every)
+    announce("fine-tuning", f"CE only on {steps * dm.tokens_per_batch:,} tokens at lr {d.lr * lr_scale:g}")
+    optim = {**optim_settings(d), "lr": d.lr * lr_scale}
+    module = CausalLMModule(model, total_steps=steps, log_every=log_every, **optim)
     # the distillation fit's final evaluation switched to the whole split; periodic ones use a prefix
     dm.eval_batches = d.eval_batches
     return training.fit(module, dm, trainer_cfg, logger_cfg, Path(run_dir) / "finetune",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from capgap.distill.losses import IGNORE
+from capgap.data.blocks import IGNORE
+from capgap.distill.losses import shift_labels
+from capgap.distill.strategy import Strategy
+from capgap.errors import CapgapError
 
 
 @torch.no_grad()
@@ -33,3 +36,28 @@ def hardest(gap: torch.Tensor, fraction: float) -> torch.Tensor:
     keep = torch.zeros(len(gap), dtype=torch.bool, device=gap.device)
     keep[torch.topk(gap, k).indices] = True
     return keep
+
+
+class HardExamples:
+    """The example selector DistillModule calls after both forwards: labels of all but the
+    hardest sequences become IGNORE; logs the kept sequences' mean gap."""
+
+    def __init__(self, fraction: float):
+        if not 0 < fraction <= 1:
+            raise CapgapError(f"distill.data_strategy.fraction={fraction} must be in (0, 1]")
+        self.fraction = fraction
+
+    def __call__(self, student_out, teacher_out, student_head, teacher_head, labels):
+        targets = shift_labels(labels)
+        gap = (sequence_ce(student_out.last_hidden_state, student_head, targets)
+               - sequence_ce(teacher_out.last_hidden_state, teacher_head, targets))
+        keep = hardest(gap, self.fraction)
+        return labels.masked_fill(~keep[:, None], IGNORE), {"hard_gap": gap[keep].mean()}
+
+
+def from_config(d, student, teacher, total_steps: int) -> Strategy:
+    """distill.data_strategy.name=hard (the other data strategies are capgap.data.transfer's)."""
+    node = d.get("data_strategy") or {}
+    if node.get("name") != "hard":
+        return Strategy()
+    return Strategy(select=HardExamples(float(node.get("fraction", 0.5))))

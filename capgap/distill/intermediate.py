@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from capgap.distill.losses import at_least_fp32
+from capgap.distill.strategy import Strategy, Term
 from capgap.errors import CapgapError
 
 MAPPINGS = ("uniform", "last_k", "explicit")
@@ -38,7 +39,7 @@ def layer_map(n_student: int, n_teacher: int, how: str = "uniform", k: int | Non
     raise CapgapError(f"distill.intermediate.mapping={how!r} is unknown; choose one of {', '.join(MAPPINGS)}")
 
 
-class HiddenStateMSE(nn.Module):
+class HiddenStateMSE(Term):
     """Mean over layer pairs of the MSE between projected student and teacher hidden states.
 
     One learned projection per pair where widths differ (a pruned student is narrower); it is
@@ -46,19 +47,22 @@ class HiddenStateMSE(nn.Module):
     the loss's weight meaningful whatever the number of mapped layers.
     """
 
-    def __init__(self, pairs, student_width: int, teacher_width: int):
-        super().__init__()
+    needs = ("hidden_states",)
+
+    def __init__(self, pairs, student_width: int, teacher_width: int, weight: float = 1.0):
+        super().__init__(weight)
         self.pairs = list(pairs)
         self.proj = nn.ModuleList(
             nn.Identity() if student_width == teacher_width
             else nn.Linear(student_width, teacher_width, bias=False)
             for _ in self.pairs)
 
-    def forward(self, student_hidden, teacher_hidden, mask=None):
-        """Hidden-state tuples [B, L, H] per layer; mask [B, L] true where a position counts."""
+    def forward(self, student_out, teacher_out, mask=None):
+        """HF outputs with `hidden_states` (per layer [B, L, H]); mask [B, L] true where a position counts."""
         total = 0.0
         for (s, t), proj in zip(self.pairs, self.proj):
-            diff = at_least_fp32(proj(student_hidden[s])) - at_least_fp32(teacher_hidden[t].detach())
+            diff = (at_least_fp32(proj(student_out.hidden_states[s]))
+                    - at_least_fp32(teacher_out.hidden_states[t].detach()))
             sq = diff.pow(2).mean(-1)
             total = total + _masked_mean(sq, mask)
         return total / len(self.pairs)
@@ -94,6 +98,39 @@ def attention_kl(student_attn, teacher_attn, pairs, head_pairs=None, mask=None, 
         kl = (a_t * (a_t.clamp_min(eps).log() - a_s.clamp_min(eps).log())).sum(-1)  # [B, heads, L]
         total = total + _masked_mean(kl, None if mask is None else mask[:, None, :].expand_as(kl))
     return total / len(pairs)
+
+
+class AttentionKL(Term):
+    """attention_kl between the mapped layers' head-averaged attention maps, as a loss term."""
+
+    needs = ("attentions",)
+
+    def __init__(self, pairs, weight: float = 1.0):
+        super().__init__(weight)
+        self.pairs = list(pairs)
+
+    def forward(self, student_out, teacher_out, mask=None):
+        return attention_kl(student_out.attentions, teacher_out.attentions, self.pairs, mask=mask)
+
+
+def width(model) -> int:
+    return model.get_input_embeddings().weight.shape[1]
+
+
+def from_config(d, student, teacher, total_steps: int) -> Strategy:
+    """distill.intermediate: hidden-state MSE and attention-map KL at their weights γ (0: off)."""
+    node = d.get("intermediate") or {}
+    hidden, attention = float(node.get("hidden") or 0.0), float(node.get("attention") or 0.0)
+    if not (hidden or attention):
+        return Strategy()
+    pairs = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
+                      node.get("mapping", "uniform"), node.get("k"), node.get("pairs"))
+    terms = {}
+    if hidden:
+        terms["hidden"] = HiddenStateMSE(pairs, width(student), width(teacher), hidden)
+    if attention:
+        terms["attention"] = AttentionKL(pairs, attention)
+    return Strategy(terms=terms)
 
 
 def _masked_mean(x, mask):

@@ -15,9 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from capgap.data.blocks import IGNORE
 from capgap.errors import CapgapError
-
-IGNORE = -100
 
 
 def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from capgap.confdir import conf_dir as installed_conf
 from capgap.errors import CapgapError
 from capgap.law.fit import PAPER, Fit
 from capgap.law.sizes import format_size, parse_size
@@ -15,13 +16,11 @@ from capgap.law.sizes import format_size, parse_size
 __all__ = ["parse_size", "load_zoo", "pick_teacher", "predict", "describe", "predict_distillation",
            "describe_distillation"]
 
-TEACHER_CONF = Path(__file__).parents[2] / "conf" / "teacher"
-
 
 def load_zoo(conf_dir: str | Path | None = None, family: str | None = None) -> list[dict]:
     """[{name, params, family}] from conf/teacher/*.yaml; files without a params count are
     not teachers one can pick by size, so they are left out."""
-    conf_dir = Path(conf_dir) if conf_dir else TEACHER_CONF
+    conf_dir = Path(conf_dir) if conf_dir else installed_conf() / "teacher"
     zoo = []
     for path in sorted(conf_dir.glob("*.yaml")):
         spec = yaml.safe_load(path.read_text()) or {}

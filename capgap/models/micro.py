@@ -1,24 +1,17 @@
 """The offline micro family: small GPT-NeoX teachers that capgap pretrains itself on the
-embedded corpus the first time one is asked for, then caches on disk."""
+embedded corpus the first time one is asked for, then caches on disk. Here: their tokenizer
+and where the cache keeps them; the training is capgap.pretraining's (models never train)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-from capgap.atomic import atomic_dir
-from capgap.data.blocks import unigram_entropy
 from capgap.data.bpe import train_bpe
-from capgap.data.datamodule import CorpusDataModule
 from capgap.data.token_cache import tokenizer_fingerprint
-from capgap.lm_module import CausalLMModule
-from capgap.models.zoo import build_from_config, load_local
-from capgap import training
 
 # the micro family always learns from the embedded corpus with its own BPE, whatever data= says
 MICRO_DATA = OmegaConf.create({"kind": "embedded", "val_fraction": 0.05})
@@ -38,42 +31,6 @@ def cache_folder(model_cfg, cfg, tokenizer) -> Path:
     return Path(cfg.paths.cache_dir) / "teachers" / f"{model_cfg.name}-{key}"
 
 
-def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_dir: Path,
-             logger_cfg=None) -> tuple[torch.nn.Module, dict]:
-    """Train `model` from scratch on `tokens` tokens of `data_cfg`; returns final metrics."""
-    p = cfg.pretrain
-    dm = CorpusDataModule(tokenizer, data_cfg, cfg.paths.cache_dir, batch_size=p.batch_size,
-                          block_size=p.block_size, seed=p.seed, eval_batches=p.eval_batches,
-                          block_key="pretrain.block_size")
-    dm.setup()
-    steps = training.steps_for(tokens, dm.tokens_per_batch)
-    module = CausalLMModule(model, lr=p.lr, weight_decay=p.weight_decay,
-                            warmup_fraction=p.warmup_fraction, min_lr_ratio=p.min_lr_ratio,
-                            total_steps=steps)
-    _, metrics = training.fit(module, dm, cfg.trainer, logger_cfg, run_dir, ckpt_dir, steps)
-    metrics["unigram_entropy"] = unigram_entropy(dm.streams["val"])
-    metrics["tokens"] = steps * dm.tokens_per_batch
-    metrics["steps"] = steps
-    return module.model, metrics
-
-
-def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
-    """(model, tokenizer) of a micro teacher, pretraining it first if it is not cached."""
-    tokenizer = micro_tokenizer(model_cfg, cfg)
-    folder = cache_folder(model_cfg, cfg, tokenizer)
-    if (folder / "model" / "config.json").is_file():
-        return load_local(folder / "model", key=f"cached teacher {folder}")
-    torch.manual_seed(cfg.pretrain.seed)
-    config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
-    config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-    model = build_from_config(model_cfg.arch, config)
-    run_dir = Path(run_dir or folder / "logs")
-    model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
-                              run_dir, folder / "ckpt", cfg.get("logger"))
-    with atomic_dir(folder / "model") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
-    shutil.rmtree(folder / "ckpt", ignore_errors=True)
-    return model.eval(), tokenizer
+def model_folder(model_cfg, cfg, tokenizer) -> Path:
+    """Where the pretrained teacher is saved: config.json there means it is ready."""
+    return cache_folder(model_cfg, cfg, tokenizer) / "model"

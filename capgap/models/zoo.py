@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from capgap.atomic import atomic_dir
 from capgap.errors import CapgapError
+from capgap.models import micro
 
 
 def build_from_config(arch: str, config: dict):
@@ -108,9 +109,7 @@ def load_tokenizer(model_cfg, cfg):
     if model_cfg.get("path"):
         return load_local_tokenizer(model_cfg.path)
     if model_cfg.source == "micro":
-        from capgap.models.micro import micro_tokenizer
-
-        return micro_tokenizer(model_cfg, cfg)
+        return micro.micro_tokenizer(model_cfg, cfg)
     if model_cfg.source == "gguf":
         return load_local_tokenizer(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
     if model_cfg.source == "hub":
@@ -119,13 +118,16 @@ def load_tokenizer(model_cfg, cfg):
 
 
 def load_model(model_cfg, cfg):
-    """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode."""
+    """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode. A micro teacher
+    must be pretrained already (capgap.pretraining.load_teacher makes it when it is not)."""
     if model_cfg.get("path"):
         model, tok = load_local(model_cfg.path)
     elif model_cfg.source == "micro":
-        from capgap.models.micro import pretrained_micro
-
-        model, tok = pretrained_micro(model_cfg, cfg)
+        folder = micro.model_folder(model_cfg, cfg, micro.micro_tokenizer(model_cfg, cfg))
+        if not (folder / "config.json").is_file():
+            raise CapgapError(f"teacher={model_cfg.name} is not pretrained yet: "
+                              f"python run.py task=pretrain teacher={model_cfg.name}")
+        model, tok = load_local(folder, key=f"cached teacher {folder.parent}")
     elif model_cfg.source == "gguf":
         model, tok = load_local(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
     elif model_cfg.source == "hub":

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import logging
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -25,18 +23,7 @@ TASKS = {
 }
 
 
-def _quiet_logs() -> None:
-    # Lightning adds its own console handler and also propagates to Hydra's: every line twice
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
-    if not sys.stderr.isatty():  # weight-loading bars in a log file are noise around errors
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-
 def run_task(cfg) -> dict:
-    _quiet_logs()
     if cfg.task not in TASKS:
         raise CapgapError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
     module = importlib.import_module(TASKS[cfg.task])

@@ -14,13 +14,16 @@ from capgap.data.datamodule import CorpusDataModule
 from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
-from capgap.distill.module import from_config
-from capgap.models.zoo import load_model, load_tokenizer
+from capgap.distill.config import from_config
+from capgap.models.zoo import load_tokenizer
+from capgap.pretraining import load_teacher
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.student import config_hash, make_student, size_info, teacher_id
+from capgap.run_id import config_hash, teacher_id
+from capgap.student import make_student, size_info
 from capgap.tasks.prune import save_student
 from capgap import training
+from capgap.terminal import announce, report
 
 
 def checkpoint_dir(cfg) -> Path:
@@ -49,7 +52,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
                           batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
                           eval_batches=d.eval_batches)
     dm.setup()
-    teacher, tokenizer = load_model(cfg.teacher, cfg)
+    teacher, tokenizer = load_teacher(cfg.teacher, cfg)
     # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
     transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer))
     ckpt_dir = checkpoint_dir(cfg)
@@ -65,6 +68,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     info.pop("plan", None)
     info.update(size_info(student, teacher))  # sizes and sparsity against the real teacher
     steps = training.steps_for(d.tokens, dm.tokens_per_batch)
+    announce("distilling", f"{info['student_params']:,}-parameter student from {cfg.teacher.name} "
+                           f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * dm.tokens_per_batch:,} tokens")
     module = from_config(student, source, d, steps, log_every=log_every)
     extra = [make(info, dm.tokens_per_batch) for make in callbacks]
     ft_tokens, ft_scale = finetune_settings(d)
@@ -94,7 +99,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
         metrics.update(val_loss_distilled=before["val/loss"], finetune_steps=int(ft_trainer.global_step),
                        finetune_tokens=int(ft_trainer.global_step) * dm.tokens_per_batch,
                        finetune_lr=float(d.lr * ft_scale))
-    print(f"[capgap] distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
+    report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
           f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
           f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
           f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")

@@ -4,7 +4,9 @@ import time
 
 from capgap.data.datamodule import CorpusDataModule
 from capgap.models.params import count_params
-from capgap.models.zoo import load_model, load_tokenizer
+from capgap.models.zoo import load_tokenizer
+from capgap.pretraining import load_teacher
+from capgap.terminal import announce, report
 from capgap.training import evaluate
 
 
@@ -20,11 +22,12 @@ def eval_data(cfg, tokenizer) -> CorpusDataModule:
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
-    model, _ = load_model(cfg.teacher, cfg)
+    model, _ = load_teacher(cfg.teacher, cfg)
+    announce("evaluating", f"{cfg.teacher.name} on the held-out split")
     res = evaluate(model, dm, cfg.trainer)
     n = count_params(model)
     metrics = {"teacher": cfg.teacher.name, "params": n["total"], "non_embedding": n["non_embedding"],
                **res, "wall_time_s": time.perf_counter() - start, "objective": res["val_loss"]}
-    print(f"[capgap] {cfg.teacher.name} ({n['total']:,} parameters): held-out loss "
+    report(f"{cfg.teacher.name} ({n['total']:,} parameters): held-out loss "
           f"{metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}")
     return metrics

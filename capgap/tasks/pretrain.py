@@ -5,6 +5,8 @@ import time
 
 from capgap.errors import CapgapError
 from capgap.models import micro
+from capgap.pretraining import pretrained_micro
+from capgap.terminal import report
 
 
 def run(cfg, run_dir) -> dict:
@@ -16,14 +18,14 @@ def run(cfg, run_dir) -> dict:
     tokenizer = micro.micro_tokenizer(t, cfg)
     folder = micro.cache_folder(t, cfg, tokenizer)
     cached = (folder / "model" / "config.json").is_file()
-    micro.pretrained_micro(t, cfg, run_dir=run_dir)
+    pretrained_micro(t, cfg, run_dir=run_dir)
     m = json.loads((folder / "model" / "pretrain_metrics.json").read_text())
     metrics = {"teacher": t.name, "val_loss": m["val/loss"], "val_ppl": m["val/ppl"],
                "unigram_entropy": m["unigram_entropy"], "tokens": m["tokens"], "cached": cached,
                "teacher_dir": str(folder / "model"), "wall_time_s": time.perf_counter() - start,
                "objective": m["val/loss"]}
     how = "reused cache" if cached else f"pretrained on {m['tokens']:,} tokens"
-    print(f"[capgap] {t.name}: held-out loss {metrics['val_loss']:.4f} nats/token "
+    report(f"{t.name}: held-out loss {metrics['val_loss']:.4f} nats/token "
           f"(ppl {metrics['val_ppl']:.1f}; unigram entropy of validation {metrics['unigram_entropy']:.4f}) "
           f"{how} in "
           f"{metrics['wall_time_s']:.1f}s -> {metrics['teacher_dir']}")

@@ -2,15 +2,17 @@
 
 import time
 
-from torch.utils.tensorboard import SummaryWriter
+from hydra.utils import instantiate
 
 from capgap.errors import CapgapError
-from capgap.models.zoo import load_model, load_tokenizer
+from capgap.models.zoo import load_tokenizer
+from capgap.pretraining import load_teacher
 from capgap.atomic import atomic_dir
 from capgap.prune.slicing import save_pruned
 from capgap.prune.summary import summary
 from capgap.student import make_student
 from capgap.tasks.evaluate import eval_data
+from capgap.terminal import announce, report
 from capgap.training import evaluate
 
 
@@ -30,25 +32,27 @@ def run(cfg, run_dir) -> dict:
         raise CapgapError(f"task=prune makes pruned students; student.init={cfg.student.init} (use student=pruned)")
     start = time.perf_counter()
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
-    teacher, tokenizer = load_model(cfg.teacher, cfg)
+    teacher, tokenizer = load_teacher(cfg.teacher, cfg)
     student, info = make_student(cfg, teacher, tokenizer)
     plan = info.pop("plan")
     table, scalars = summary(teacher, student, plan)
+    announce("evaluating", "teacher and student on the held-out split")
     teacher_eval = evaluate(teacher, dm, cfg.trainer)
     student_eval = evaluate(student, dm, cfg.trainer)
     folder = save_student(student, plan, tokenizer, run_dir / "student")
-    with SummaryWriter(str(run_dir / "tb")) as tb:
-        tb.add_text("prune/summary", "```\n" + table + "\n```")
-        for k, v in scalars.items():
-            tb.add_scalar(f"prune/{k}", v)
-        tb.add_scalar("prune/val_loss/teacher", teacher_eval["val_loss"])
-        tb.add_scalar("prune/val_loss/student", student_eval["val_loss"])
+    (run_dir / "prune_summary.txt").write_text(table + "\n")
+    if cfg.get("logger"):  # logger=csv, tensorboard, …: the figures go where the user asked
+        logger = instantiate(cfg.logger, save_dir=str(run_dir))
+        logger.log_metrics({**{f"prune/{k}": float(v) for k, v in scalars.items()},
+                            "prune/val_loss/teacher": teacher_eval["val_loss"],
+                            "prune/val_loss/student": student_eval["val_loss"]}, step=0)
+        logger.finalize("success")
     metrics = {"teacher": cfg.teacher.name, **info, "method": cfg.prune.method,
                "teacher_val_loss": teacher_eval["val_loss"], "val_loss": student_eval["val_loss"],
                "val_ppl": student_eval["val_ppl"], "student_dir": str(folder),
                "wall_time_s": time.perf_counter() - start, "objective": student_eval["val_loss"]}
-    print(table)
-    print(f"[capgap] {cfg.teacher.name} -> {info['student_params']:,} parameters "
+    report(table)
+    report(f"{cfg.teacher.name} -> {info['student_params']:,} parameters "
           f"(sparsity {info['sparsity']:.1%}, {cfg.prune.method}): held-out loss "
           f"{teacher_eval['val_loss']:.4f} -> {student_eval['val_loss']:.4f} before distillation; "
           f"saved {folder}")

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from capgap.callbacks import StoreCallback, git_commit
 from capgap.law.sizes import parse_size
 from capgap.law.store import Store
-from capgap.student import config_hash
+from capgap.run_id import config_hash
 from capgap.tasks import distill
+from capgap.terminal import report
 
 
 def flat_hparams(cfg) -> dict:
@@ -39,7 +40,7 @@ def run(cfg, run_dir) -> dict:
     point = f"teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
     if not cfg.store.force and store.has_done(h):
         row = next(r for r in store.results("done") if r["config_hash"] == h)
-        print(f"[capgap] {point}: already in store {store.name} (held-out loss {row['metric']:.4f}); "
+        report(f"{point}: already in store {store.name} (held-out loss {row['metric']:.4f}); "
               "skipped (store.force=true re-runs it)")
         return {"status": "cached", "config_hash": h, "val_loss": row["metric"], "objective": row["metric"]}
     size = cfg.student.get("size")
@@ -48,7 +49,7 @@ def run(cfg, run_dir) -> dict:
                   f"({cfg.teacher.params:,} parameters)")
         store.record({"config_hash": h, "status": "skipped", "error": reason,
                       "teacher": cfg.teacher.name, "teacher_params": cfg.teacher.params, "seed": cfg.seed})
-        print(f"[capgap] {point}: skipped: {reason}")
+        report(f"{point}: skipped: {reason}")
         return {"status": "skipped", "reason": reason, "config_hash": h, "objective": None}
 
     def store_callback(info, tokens_per_step):

@@ -1,0 +1,71 @@
+"""Pretraining from scratch: how the offline micro family is made (task=pretrain, and the
+first time any task asks for a micro teacher). It sits above models/ and data/, which it calls;
+they never import training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from capgap import training
+from capgap.atomic import atomic_dir
+from capgap.data.blocks import unigram_entropy
+from capgap.data.datamodule import CorpusDataModule
+from capgap.lm_module import CausalLMModule
+from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
+from capgap.models.zoo import build_from_config, load_local, load_model
+from capgap.terminal import announce
+
+
+def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_dir: Path,
+             logger_cfg=None) -> tuple[torch.nn.Module, dict]:
+    """Train `model` from scratch on `tokens` tokens of `data_cfg`; returns final metrics."""
+    p = cfg.pretrain
+    dm = CorpusDataModule(tokenizer, data_cfg, cfg.paths.cache_dir, batch_size=p.batch_size,
+                          block_size=p.block_size, seed=p.seed, eval_batches=p.eval_batches,
+                          block_key="pretrain.block_size")
+    dm.setup()
+    steps = training.steps_for(tokens, dm.tokens_per_batch)
+    module = CausalLMModule(model, lr=p.lr, weight_decay=p.weight_decay,
+                            warmup_fraction=p.warmup_fraction, min_lr_ratio=p.min_lr_ratio,
+                            total_steps=steps)
+    _, metrics = training.fit(module, dm, cfg.trainer, logger_cfg, run_dir, ckpt_dir, steps)
+    metrics["unigram_entropy"] = unigram_entropy(dm.streams["val"])
+    metrics["tokens"] = steps * dm.tokens_per_batch
+    metrics["steps"] = steps
+    return module.model, metrics
+
+
+def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
+    """(model, tokenizer) of a micro teacher, pretraining it first if it is not cached."""
+    tokenizer = micro_tokenizer(model_cfg, cfg)
+    folder = cache_folder(model_cfg, cfg, tokenizer)
+    if (folder / "model" / "config.json").is_file():
+        return load_local(folder / "model", key=f"cached teacher {folder}")
+    announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded corpus "
+                            "(once; cached)")
+    torch.manual_seed(cfg.pretrain.seed)
+    config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
+    config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    model = build_from_config(model_cfg.arch, config)
+    run_dir = Path(run_dir or folder / "logs")
+    model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
+                              run_dir, folder / "ckpt", cfg.get("logger"))
+    with atomic_dir(folder / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
+    shutil.rmtree(folder / "ckpt", ignore_errors=True)
+    return model.eval(), tokenizer
+
+
+def load_teacher(model_cfg, cfg):
+    """models.zoo.load_model, pretraining a micro teacher first when the cache has none."""
+    if model_cfg.get("source") == "micro" and not model_cfg.get("path"):
+        return pretrained_micro(model_cfg, cfg)
+    return load_model(model_cfg, cfg)
