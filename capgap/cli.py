@@ -23,6 +23,8 @@ def _add_source(p: argparse.ArgumentParser, csv: bool = True):
         p.add_argument("--metric", help="which stored metric to fit when the store holds several")
         p.add_argument("--higher-is-better", action="store_true",
                        help="the metric is a score (accuracy), not a loss")
+    p.add_argument("--study", metavar="NAME",
+                   help="the study to read (default: the store's only one; `capgap report` lists them)")
 
 
 def _store(url: str | None, required: bool = True):
@@ -38,52 +40,81 @@ def _store(url: str | None, required: bool = True):
     return Store(url)
 
 
-def _points(args, required: bool = True):
+def _study(store, asked: str | None) -> str:
+    from capgap.law.studies import pick
+
+    return pick(store.studies(), asked, f"store {store.name}")
+
+
+def _curves(args, required: bool = True) -> dict:
+    """{curve label (None: the only one): Points} of one study, split by --group-by; a CSV
+    is one curve. {} when there is no store and that is allowed."""
     from capgap.law.fit import points_from_rows, read_csv
+    from capgap.law.studies import groups
 
     if args.csv:
-        return read_csv(args.csv)
+        if args.study:
+            raise CapgapError("--study reads a store; a CSV holds one study already")
+        return {None: read_csv(args.csv)}
     store = _store(args.store, required)
     if store is None:
-        return None
-    rows = store.results()
+        return {}
+    study = _study(store, args.study)
+    rows = store.results(study=study)
     if not rows and not required:
-        return None
-    return points_from_rows(rows, f"store {store.name}", args.metric)
+        return {}
+    source = f"study {study} in store {store.name}"
+    split = groups(rows, getattr(args, "group_by", None), source) or {None: rows}
+    return {label: points_from_rows(r, f"{source}{f' ({label})' if label else ''}", args.metric)
+            for label, r in split.items()}
 
 
 def cmd_fit(args):
     from capgap.law.fit import fit
     from capgap.law.plots import save_plots
 
-    result = fit(_points(args), higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
-    print(result.table())
-    out = Path(args.out)
-    for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
-        print(f"wrote {path}")
+    curves = _curves(args)
+    # fit every curve before writing anything, so a curve that cannot be fitted leaves no files
+    results = {label: fit(points, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
+               for label, points in curves.items()}
+    for label, result in results.items():
+        out = Path(args.out)
+        if label:
+            print(f"== {label}")
+            out = out / label.replace(" ", "_").replace("/", "_")
+        print(result.table())
+        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
+            print(f"wrote {path}")
 
 
 def cmd_predict(args):
     from capgap.law.fit import fit
     from capgap.law.predict import describe, load_zoo, predict
 
-    points = _points(args, required=False)
+    points = _curves(args, required=False).get(None)
     result = fit(points, higher_is_better=args.higher_is_better) if points else None
     print(describe(predict(args.student, result, load_zoo(family=args.family))))
 
 
 def cmd_report(args):
     store = _store(args.store)
-    rows = store.results(status=None)
+    held = store.studies()
+    if args.study is not None:
+        _study(store, args.study)  # an unknown study is an error, not an empty report
+    rows = store.results(status=None, study=args.study)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
-    print(f"store {store.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"store {store.name}{f' study {args.study}' if args.study else ''}: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"studies ({len(held)}): " + ("; ".join(
+        f"{name}: " + ", ".join(f"{n} {s}" for s, n in c.items()) for name, c in held.items())
+        or "none"))
     if not rows:
         return
-    print(f"{'id':>5} {'status':<7} {'teacher':<16} {'T':>7} {'S':>7} {'sparsity':>8} "
+    print(f"{'id':>5} {'study':<12} {'status':<7} {'teacher':<16} {'T':>7} {'S':>7} {'sparsity':>8} "
           f"{'metric':<12} {'value':>8} {'ppl':>8} {'seed':>4} {'wall s':>7}  note")
     for r in rows:
         note = (r["error"] or "").splitlines()[0][:60] if r["error"] else r["config_hash"][:12]
-        print(f"{r['id']:>5} {r['status']:<7} {_cell(r['teacher'])[:16]:<16}"
+        print(f"{r['id']:>5} {r['study'][:12]:<12} {r['status']:<7} {_cell(r['teacher'])[:16]:<16}"
               f" {_cell(r['teacher_params'], 'size'):>7} {_cell(r['student_params'], 'size'):>7}"
               f" {_cell(r['sparsity'], '.3f'):>8} {_cell(r['metric_name'])[:12]:<12}"
               f" {_cell(r['metric'], '.4g'):>8} {_cell(r['perplexity'], '.4g'):>8}"
@@ -100,7 +131,8 @@ def _cell(value, fmt: str = "") -> str:
 
 def cmd_export(args):
     store = _store(args.store)
-    path = store.export_csv(args.csv, status=None if args.all else "done")
+    study = None if args.study is None else _study(store, args.study)  # None: every study
+    path = store.export_csv(args.csv, status=None if args.all else "done", study=study)
     print(f"wrote {path}")
 
 
@@ -112,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.add_argument("--out", default="capgap_fit", help="folder for fit.json and the plots")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--group-by", action="append", metavar="KEY",
+                   help="config key (e.g. distill.tokens) whose values get separate fits, in "
+                        "OUT/KEY=VALUE/; repeat for several keys")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="the optimal teacher for a student size, and which to pick")
@@ -120,11 +155,11 @@ def parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("report", help="every run in the store")
+    p = sub.add_parser("report", help="the studies a store holds, and every run in it (or in --study)")
     _add_source(p, csv=False)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="write the store's results to a CSV")
+    p = sub.add_parser("export", help="write the store's results (every study, or --study) to a CSV")
     _add_source(p, csv=False)
     p.add_argument("--csv", required=True, metavar="OUT")
     p.add_argument("--all", action="store_true", help="failed and skipped runs too")

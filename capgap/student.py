@@ -15,6 +15,7 @@ from capgap.data.datamodule import CorpusDataModule
 from capgap.data.token_cache import cache_key
 from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
+from capgap.law.studies import NOT_HASHED, flatten
 from capgap.models import micro
 from capgap.models.params import count_params
 from capgap.models.zoo import build_from_config
@@ -174,28 +175,9 @@ def size_info(student, teacher) -> dict:
             "sparsity_total": 1 - n["total"] / t["total"]}
 
 
-# what does not change a run's result: where it writes, how it is shown and stored
-NOT_HASHED = ("paths", "hydra", "store", "logger", "trainer.enable_progress_bar",
-              "trainer.enable_model_summary", "trainer.log_every_n_steps")
-
-
+# NOT_HASHED (capgap.law.studies): where a run writes, how it is shown, the study it is filed under
 def config_hash(cfg) -> str:
     """Same experiment, same hash: what identifies a run for resume and for the store."""
-    items = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    kept = sorted((k, v) for k, v in items if not k.startswith(NOT_HASHED))
+    items = flatten(OmegaConf.to_container(cfg, resolve=False))
+    kept = sorted((k, repr(v)) for k, v in items if not k.startswith(NOT_HASHED))
     return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
-
-
-def _is_off(v) -> bool:
-    return v is None or v is False or v == [] or v in ("", "none", "off") or (
-        isinstance(v, (int, float)) and v == 0)
-
-
-def _flatten(d, prefix=""):
-    # keys at an "off" value are left out, so adding a new option (off by default) keeps the
-    # hash of every earlier run: the store still recognises them and does not re-run them
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        elif not _is_off(v):
-            yield f"{prefix}{k}", repr(v)
