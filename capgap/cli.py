@@ -90,7 +90,12 @@ def cmd_fit(args):
 def cmd_predict(args):
     from capgap.law.fit import fit
     from capgap.law.predict import describe, load_zoo, predict
+    from capgap.law.sizes import parse_size
 
+    try:  # before any store is read: the flag, named
+        parse_size(args.student)
+    except CapgapError as e:
+        raise CapgapError(f"--student {args.student}: {e}") from None
     points = _curves(args, required=False).get(None)
     result = fit(points, higher_is_better=args.higher_is_better) if points else None
     print(describe(predict(args.student, result, load_zoo(family=args.family))))

@@ -75,13 +75,14 @@ def _show(values: list[str]) -> str:
 
 
 def differences(rows: list[dict]) -> dict[str, list[str]]:
-    """Setting keys whose values differ between rows; a key a row lacks counts as off (None).
-    Rows without a stored config (CSV imports) cannot be compared and are not."""
+    """Setting keys whose values differ between rows, each with its values as shown to the
+    user. Rows without a stored config (CSV imports) cannot be compared and are not."""
     settings = [_setting(r["config"]) for r in rows if isinstance(r.get("config"), dict)]
     keys = set().union(*settings) if settings else set()
     diff = {}
     for k in sorted(keys):
-        values = {repr(s.get(k)) for s in settings}  # repr: lists are values too
+        # repr: lists are values too; a key a row lacks (or has off) shows as unset
+        values = {"unset" if s.get(k) is None else repr(s.get(k)) for s in settings}
         if len(values) > 1:
             diff[k] = sorted(values)
     return diff

@@ -13,6 +13,7 @@ import time
 from omegaconf import OmegaConf
 
 from capgap.callbacks import StoreCallback, git_commit
+from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
 from capgap.law import store as law_store
 from capgap.law.studies import DEFAULT, check_name
@@ -34,9 +35,21 @@ def flat_hparams(cfg) -> dict:
     return out
 
 
+def _target(cfg) -> int | None:
+    size = cfg.student.get("size")
+    if size in (None, ""):
+        return None
+    try:
+        return parse_size(size)
+    except CapgapError as e:
+        raise CapgapError(f"student.size={size}: {e}") from None
+
+
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
+    # what can be checked before the store is opened is: a bad point leaves no trace there
     study = check_name(cfg.get("study") or DEFAULT)
+    target = _target(cfg)
     store = law_store.from_config(cfg.store)
     h = config_hash(cfg)
     point = f"study={study} teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
@@ -46,7 +59,7 @@ def run(cfg, run_dir) -> dict:
               "skipped (store.force=true re-runs it)")
         return {"status": "cached", "config_hash": h, "val_loss": row["metric"], "objective": row["metric"]}
     size = cfg.student.get("size")
-    if size not in (None, "") and parse_size(size) >= cfg.teacher.params:
+    if target is not None and target >= cfg.teacher.params:
         reason = (f"student.size={size} is not below teacher={cfg.teacher.name} "
                   f"({cfg.teacher.params:,} parameters)")
         store.record({"study": study, "config_hash": h, "status": "skipped", "error": reason,
