@@ -27,7 +27,7 @@ def test_a_two_point_micro_study_writes_to_postgres(pg_url, tmp_path):
     # the smallest real study: one micro teacher pretrained on 8K tokens, two pruned students
     # distilled on 4K tokens each, every job writing its row into the server
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", "store=postgres", "study=pg_micro",
-           "teacher=micro_xs", "student.size=250K,200K", "prune.multiple=4",
+           "teacher=micro_xs", "student.size=250K,175K", "prune.multiple=4",
            "teacher.pretrain_tokens=8192", "distill.tokens=4096", "distill.batch_size=4",
            "distill.block_size=64", "prune.n_batches=2", "prune.batch_size=2", "prune.block_size=64",
            "pretrain.batch_size=4", "pretrain.block_size=64", "eval.block_size=64", "trainer=cpu",
@@ -37,7 +37,8 @@ def test_a_two_point_micro_study_writes_to_postgres(pg_url, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = Store(pg_url).results(status=None)
     assert [(r["study"], r["status"], r["teacher"]) for r in rows] == [("pg_micro", "done", "micro_xs")] * 2
-    assert sorted(round(r["student_params"], -4) for r in rows) == [200_000, 250_000]
+    assert sorted(r["student_params"] for r in rows) == [pytest.approx(175_000, rel=0.01),
+                                                         pytest.approx(250_000, rel=0.01)]
     assert all(r["config"]["study"] == "pg_micro" and r["metric"] > 0 for r in rows)
     # the multirun-end fit read those two rows back from the server: one teacher is no law yet
     assert "[capgap] no law fitted: only one teacher size" in out.stdout
