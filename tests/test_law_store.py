@@ -128,11 +128,27 @@ def test_a_store_from_before_studies_is_migrated(url):
     assert len(Store(url).results()) == 2  # opening a migrated store again changes nothing
 
 
-def _writer(url, barrier, worker, n):
+def test_jobs_opening_an_old_store_at_once_migrate_it_once(url):
+    engine = create_engine(url if "://" in url else f"sqlite:///{url}")
+    old_schema().create_all(engine)
+    engine.dispose()
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_writer, args=(url, barrier, w, 10, f"s{w % 2}")) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    store = Store(url)
+    assert {k: v["done"] for k, v in store.studies().items()} == {"s0": 20, "s1": 20}
+
+
+def _writer(url, barrier, worker, n, study="default"):
     barrier.wait()
     store = Store(url)  # schema creation races too: all processes open a fresh file at once
     for i in range(n):
-        store.record(done_row(worker * 1000 + i))
+        assert store.record(done_row(worker * 1000 + i, study=study))
 
 
 def test_eight_processes_lose_nothing(url):
