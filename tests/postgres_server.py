@@ -70,7 +70,7 @@ class Server:
                                f"{out.stderr[-2000:]}{out.stdout[-1000:]}\n{log}")
         return out
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         try:
             self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
                       "--encoding=UTF8", "--no-sync")

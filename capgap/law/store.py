@@ -135,12 +135,13 @@ def _mounts() -> list[tuple[str, str]]:
 
 def filesystem_type(path: Path) -> tuple[str, str] | None:
     """(filesystem type, mount point) of the mount holding path: the longest matching prefix."""
-    path = str(Path(os.path.realpath(path)))
+    path = os.path.realpath(path)
     best = None
     for point, kind in _mounts():
-        if path == point or path.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) >= len(best[1]):
-                best = (kind, point)
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        # >=: of two mounts on one point the later, which hides the earlier, wins
+        if inside and (best is None or len(point) >= len(best[1])):
+            best = (kind, point)
     return best
 
 

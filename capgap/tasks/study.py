@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from capgap.callbacks import StoreCallback, git_commit
 from capgap.errors import CapgapError
-from capgap.law.sizes import parse_size
 from capgap.law import store as law_store
+from capgap.law.sizes import parse_size
 from capgap.law.studies import DEFAULT, check_name
 from capgap.student import config_hash
 from capgap.tasks import distill
