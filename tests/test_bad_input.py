@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,34 +112,55 @@ def written(folder: Path) -> list[str]:
                   if p.name in ("metrics.json", "fit.json") or (p.is_dir() and p.name in ("student", "checkpoints")))
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_a_mistake_is_one_line_exit_2_and_writes_nothing(name, world, tmp_path):
-    tool, args, says = CASES[name]
-    args = args(world)
+TEST = "test_a_mistake_is_one_line_exit_2_and_writes_nothing"
+
+
+def run_case(name: str, w: dict, folder: Path) -> subprocess.CompletedProcess:
+    tool, args, _ = CASES[name]
+    args = args(w)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CAPGAP_"))}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1",
-               CAPGAP_CACHE=str(world["cache"] if name == "corrupt cache entry" else tmp_path / "cache"))
-    store = tmp_path / "store.sqlite"
+               CAPGAP_CACHE=str(w["cache"] if name == "corrupt cache entry" else folder / "cache"))
     if tool == "run.py":
-        cmd = [sys.executable, str(ROOT / "run.py"), *args, "trainer=cpu", f"hydra.run.dir={tmp_path / 'run'}",
-               f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+        cmd = [sys.executable, str(ROOT / "run.py"), *args, "trainer=cpu", f"hydra.run.dir={folder / 'run'}",
+               f"hydra.sweep.dir={folder / 'multirun'}"]
         if "store=postgres" not in args:
-            cmd.append(f"store.url={store}")
+            cmd.append(f"store.url={folder / 'store.sqlite'}")
     else:
         cmd = [sys.executable, "-m", "capgap.cli", *args]
-        if args[0] in ("fit", "predict"):
-            cmd += ["--out", str(tmp_path / "fit")] if args[0] == "fit" else ["--store", str(store)]
-    rows_before = len(Store(str(world["pooled"])).results(None))
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        if args[0] == "fit":
+            cmd += ["--out", str(folder / "fit")]
+        elif args[0] == "predict":
+            cmd += ["--store", str(folder / "store.sqlite")]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
+
+@pytest.fixture(scope="module")
+def outcomes(world, request, tmp_path_factory):
+    """The selected cases, run up front two at a time: each is mostly one interpreter's
+    start-up and imports, one core's work, so a 2-core machine runs them in half the time."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if item.originalname == TEST and hasattr(item, "callspec")]
+    folders = {name: tmp_path_factory.mktemp("case") for name in names}
+    rows = len(Store(str(world["pooled"])).results(None))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(names, pool.map(lambda n: run_case(n, world, folders[n]), names)))
+    return {n: (done[n], folders[n]) for n in names}, rows
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_mistake_is_one_line_exit_2_and_writes_nothing(name, world, outcomes):
+    results, pooled_rows = outcomes
+    out, folder = results[name]
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
     assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("capgap: error:")]
     assert len(errors) == 1, out.stderr[-3000:]
-    assert says in errors[0], errors[0]
-    assert written(tmp_path) == [] and written(world["cache"]) == []
+    assert CASES[name][2] in errors[0], errors[0]
+    assert written(folder) == [] and written(world["cache"]) == []
+    store = folder / "store.sqlite"
     assert not store.exists() or Store(str(store)).results(None) == []
-    assert len(Store(str(world["pooled"])).results(None)) == rows_before
+    assert len(Store(str(world["pooled"])).results(None)) == pooled_rows
     if name == "corrupt cache entry":
         assert str(world["truncated"]) in errors[0]
 
