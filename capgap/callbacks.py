@@ -67,18 +67,24 @@ class StoreCallback(Callback):
 
 
 class FitLawOnMultirunEnd(HydraCallback):
-    """After a sweep, fit T* = a*S + b over the store and draw the plots in the sweep dir.
-    A sweep that cannot be fitted yet (one teacher, one student size) says why in one line."""
+    """After a sweep, fit T* = a*S + b over the rows of the sweep's own study and draw the
+    plots in the sweep dir. A sweep that cannot be fitted yet (one teacher, one student size,
+    configs that cannot be pooled) says why in one line."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from capgap.law import store as law_store
         from capgap.law.fit import fit, points_from_rows
         from capgap.law.plots import save_plots
-        from capgap.law.store import Store
+        from capgap.law.studies import DEFAULT, groups
 
-        store = Store(config.store.get("url"))
+        study = config.get("study") or DEFAULT
         out = Path(config.hydra.sweep.dir)
         try:
-            result = fit(points_from_rows(store.results(), f"store {store.name}"))
+            store = law_store.from_config(config.store)
+            source = f"study {study} in store {store.name}"
+            # no --group-by here: one curve, or the line that names what differs
+            rows = next(iter(groups(store.results(study=study), None, source).values()), [])
+            result = fit(points_from_rows(rows, source))
         except CapgapError as e:
             print(f"[capgap] no law fitted: {e}")
             return

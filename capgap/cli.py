@@ -23,6 +23,8 @@ def _add_source(p: argparse.ArgumentParser, csv: bool = True):
         p.add_argument("--metric", help="which stored metric to fit when the store holds several")
         p.add_argument("--higher-is-better", action="store_true",
                        help="the metric is a score (accuracy), not a loss")
+    p.add_argument("--study", metavar="NAME",
+                   help="the study to read (default: the store's only one; `capgap report` lists them)")
 
 
 def _store(url: str | None, required: bool = True):
@@ -38,21 +40,44 @@ def _store(url: str | None, required: bool = True):
     return Store(url)
 
 
-def _points(args, required: bool = True):
+def _study(store, asked: str | None) -> str:
+    from capgap.law.studies import pick
+
+    return pick(store.studies(), asked, f"store {store.name}")
+
+
+def _curves(args, required: bool = True) -> dict:
+    """{curve label (None: the only one): Points} of one study, split by --group-by; a CSV
+    is one curve. {} when there is no store and that is allowed."""
     from capgap.law.fit import points_from_rows, read_csv
+    from capgap.law.studies import groups
 
     if args.csv:
-        return read_csv(args.csv)
+        if args.study:
+            raise CapgapError("--study reads a store; a CSV holds one study already")
+        return {None: read_csv(args.csv)}
     store = _store(args.store, required)
     if store is None:
-        return None
-    rows = store.results()
+        return {}
+    study = _study(store, args.study)
+    rows = store.results(study=study)
     if not rows and not required:
-        return None
-    return points_from_rows(rows, f"store {store.name}", args.metric)
+        return {}
+    source = f"study {study} in store {store.name}"
+    split = groups(rows, getattr(args, "group_by", None), source) or {None: rows}
+    return {label: points_from_rows(r, f"{source}{f' ({label})' if label else ''}", args.metric)
+            for label, r in split.items()}
 
 
 MODELS = ("capacity-gap", "distillation-scaling")
+
+
+def _one_curve(curves: dict, what: str):
+    """The distillation-scaling law fits one set of runs: its own axes include the tokens,
+    so --group-by (which splits into curves) has no meaning for it."""
+    if len(curves) != 1:
+        raise CapgapError(f"{what} fits one set of runs; drop --group-by")
+    return next(iter(curves.values()))
 
 
 def _model(args) -> str:
@@ -68,23 +93,29 @@ def cmd_fit(args):
     from capgap.law.fit import fit
     from capgap.law.plots import save_plots
 
-    model, points = _model(args), _points(args)
+    model, curves = _model(args), _curves(args)
     if model == "distillation-scaling":
+        from capgap.atomic import write_json_atomic
         from capgap.law.distillation import fit_distillation
 
+        points = _one_curve(curves, "--model distillation-scaling")
         dist = fit_distillation(points)  # refuses first, so nothing is written on bad input
         print(dist.table())
         print(_linear_beside(points, args))
-        from capgap.atomic import write_json_atomic
-
         out = write_json_atomic(Path(args.out) / "distillation.json", dist.to_dict())
         print(f"wrote {out}")
         return
-    result = fit(points, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
-    print(result.table())
-    out = Path(args.out)
-    for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
-        print(f"wrote {path}")
+    # fit every curve before writing anything, so a curve that cannot be fitted leaves no files
+    results = {label: fit(points, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
+               for label, points in curves.items()}
+    for label, result in results.items():
+        out = Path(args.out)
+        if label:
+            print(f"== {label}")
+            out = out / label.replace(" ", "_").replace("/", "_")
+        print(result.table())
+        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
+            print(f"wrote {path}")
 
 
 def _linear_beside(points, args) -> str:
@@ -113,29 +144,42 @@ def cmd_predict(args):
     from capgap.law.predict import describe, describe_distillation, load_zoo, predict, predict_distillation
     from capgap.law.sizes import parse_size
 
+    try:  # before any store is read: the flag, named
+        parse_size(args.student)
+    except CapgapError as e:
+        raise CapgapError(f"--student {args.student}: {e}") from None
     model = _model(args)
-    points = _points(args, required=model == "distillation-scaling")
+    curves = _curves(args, required=model == "distillation-scaling")
     if model == "distillation-scaling":
         if not args.tokens:
             raise CapgapError("--model distillation-scaling predicts a loss at a token budget: give --tokens")
+        points = _one_curve(curves, "--model distillation-scaling")
         print(describe_distillation(predict_distillation(args.student, parse_size(args.tokens), points)))
         return
+    points = curves.get(None)
     result = fit(points, higher_is_better=args.higher_is_better) if points else None
     print(describe(predict(args.student, result, load_zoo(family=args.family))))
 
 
 def cmd_report(args):
     store = _store(args.store)
-    rows = store.results(status=None)
+    held = store.studies()
+    if args.study is not None:
+        _study(store, args.study)  # an unknown study is an error, not an empty report
+    rows = store.results(status=None, study=args.study)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
-    print(f"store {store.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"store {store.name}{f' study {args.study}' if args.study else ''}: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"studies ({len(held)}): " + ("; ".join(
+        f"{name}: " + ", ".join(f"{n} {s}" for s, n in c.items()) for name, c in held.items())
+        or "none"))
     if not rows:
         return
-    print(f"{'id':>5} {'status':<7} {'teacher':<16} {'T':>7} {'S':>7} {'sparsity':>8} "
+    print(f"{'id':>5} {'study':<12} {'status':<7} {'teacher':<16} {'T':>7} {'S':>7} {'sparsity':>8} "
           f"{'metric':<12} {'value':>8} {'ppl':>8} {'seed':>4} {'wall s':>7}  note")
     for r in rows:
         note = (r["error"] or "").splitlines()[0][:60] if r["error"] else r["config_hash"][:12]
-        print(f"{r['id']:>5} {r['status']:<7} {_cell(r['teacher'])[:16]:<16}"
+        print(f"{r['id']:>5} {r['study'][:12]:<12} {r['status']:<7} {_cell(r['teacher'])[:16]:<16}"
               f" {_cell(r['teacher_params'], 'size'):>7} {_cell(r['student_params'], 'size'):>7}"
               f" {_cell(r['sparsity'], '.3f'):>8} {_cell(r['metric_name'])[:12]:<12}"
               f" {_cell(r['metric'], '.4g'):>8} {_cell(r['perplexity'], '.4g'):>8}"
@@ -152,7 +196,8 @@ def _cell(value, fmt: str = "") -> str:
 
 def cmd_export(args):
     store = _store(args.store)
-    path = store.export_csv(args.csv, status=None if args.all else "done")
+    study = None if args.study is None else _study(store, args.study)  # None: every study
+    path = store.export_csv(args.csv, status=None if args.all else "done", study=study)
     print(f"wrote {path}")
 
 
@@ -166,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--model", help="capacity-gap (T* = a·S + b, the default) or distillation-scaling "
                                    "(Busbridge et al. 2025: student loss from teacher loss, size, tokens)")
+    p.add_argument("--group-by", action="append", metavar="KEY",
+                   help="config key (e.g. distill.tokens) whose values get separate fits, in "
+                        "OUT/KEY=VALUE/; repeat for several keys")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="the optimal teacher for a student size, and which to pick")
@@ -177,11 +225,11 @@ def parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("report", help="every run in the store")
+    p = sub.add_parser("report", help="the studies a store holds, and every run in it (or in --study)")
     _add_source(p, csv=False)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="write the store's results to a CSV")
+    p = sub.add_parser("export", help="write the store's results (every study, or --study) to a CSV")
     _add_source(p, csv=False)
     p.add_argument("--csv", required=True, metavar="OUT")
     p.add_argument("--all", action="store_true", help="failed and skipped runs too")

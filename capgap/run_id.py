@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from capgap.law.studies import NOT_HASHED, flatten
 from capgap.models import micro
 
 
@@ -22,28 +23,9 @@ def teacher_id(cfg, tokenizer) -> str:
     return f"{t.source}:{t.get('hub_id')}@{t.get('revision')}"
 
 
-# what does not change a run's result: where it writes, how it is shown and stored
-NOT_HASHED = ("paths", "hydra", "store", "logger", "trainer.enable_progress_bar",
-              "trainer.enable_model_summary", "trainer.log_every_n_steps")
-
-
+# NOT_HASHED (capgap.law.studies): where a run writes, how it is shown, the study it is filed under
 def config_hash(cfg) -> str:
     """Same experiment, same hash: what identifies a run for resume and for the store."""
-    items = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    kept = sorted((k, v) for k, v in items if not k.startswith(NOT_HASHED))
+    items = flatten(OmegaConf.to_container(cfg, resolve=False))
+    kept = sorted((k, repr(v)) for k, v in items if not k.startswith(NOT_HASHED))
     return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
-
-
-def _is_off(v) -> bool:
-    return v is None or v is False or v == [] or v in ("", "none", "off") or (
-        isinstance(v, (int, float)) and v == 0)
-
-
-def _flatten(d, prefix=""):
-    # keys at an "off" value are left out, so adding a new option (off by default) keeps the
-    # hash of every earlier run: the store still recognises them and does not re-run them
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        elif not _is_off(v):
-            yield f"{prefix}{k}", repr(v)

@@ -55,3 +55,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own capgap cache so nothing leaks between tests or from the user."""
     monkeypatch.setenv("CAPGAP_CACHE", str(tmp_path_factory.mktemp("capgap_cache")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session (tests marked `postgres`)."""
+    from postgres_server import Server, binaries
+
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's "
+                    "postgresql package (.ci/run does)")
+    server = Server(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server):
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.new_database()

@@ -56,3 +56,21 @@ def planted_law(rng):
                                  metric_name="val_loss",
                                  metric=float(loss + rng.normal(0, noise))))
     return a, b, rows
+
+
+def with_config(rows, study="default", **setting):
+    """Rows as task=study writes them: a study name and the full resolved config, whose
+    teacher, student size, seed and bookkeeping (paths, store) differ from row to row."""
+    out = []
+    for i, r in enumerate(rows):
+        config = {"task": "study", "seed": r["seed"], "study": study,
+                  "teacher": {"name": r["teacher"], "params": r["teacher_params"]},
+                  "student": {"init": "pruned", "size": str(r["student_params"])},
+                  "distill": {"tokens": 1000, "loss": {"name": "fkl", "alpha": 0.5}},
+                  "paths": {"run_dir": f"/runs/{i}"}, "store": {"url": "x.sqlite"},
+                  "trainer": {"precision": "32", "enable_progress_bar": i % 2 == 0}}
+        for key, value in setting.items():
+            group, name = key.split("__")
+            config[group][name] = value
+        out.append(dict(r, study=study, config=config, config_hash=f"{study}-{r['config_hash']}"))
+    return out

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from law_data import law_rows
+from law_data import law_rows, with_config
 
 from capgap.cli import main
 from capgap.law.store import Store
@@ -35,6 +35,41 @@ def test_fit_predict_report_export(tmp_path, capsys):
 
     assert main(["export", "--store", url, "--csv", str(tmp_path / "r.csv")]) == 0
     assert main(["fit", "--csv", str(tmp_path / "r.csv"), "--out", str(tmp_path / "f2")]) == 0
+
+
+def test_studies_are_fitted_apart(tmp_path, capsys):
+    url = fill(tmp_path / "s.sqlite", with_config(law_rows(seeds=1)) +
+               with_config(law_rows(seeds=1, a=1.5, rng_seed=1), study="other"))
+    assert main(["report", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "studies (2): default: " in out and "; other: " in out
+    assert main(["report", "--store", url, "--study", "other"]) == 0
+    assert f"{len(law_rows(seeds=1, a=1.5))} done" in capsys.readouterr().out
+
+    for study, a in (("default", 2.5), ("other", 1.5)):
+        out = tmp_path / study
+        assert main(["fit", "--store", url, "--study", study, "--out", str(out), "--bootstrap", "50"]) == 0
+        assert json.loads((out / "fit.json").read_text())["law"]["a"] == pytest.approx(a, rel=0.05)
+    capsys.readouterr()
+    assert main(["predict", "--student", "100M", "--store", url, "--study", "other"]) == 0
+    assert "your fit" in capsys.readouterr().out
+    assert main(["export", "--store", url, "--study", "other", "--csv", str(tmp_path / "o.csv")]) == 0
+    assert (tmp_path / "o.csv").read_text().count("\n") == len(law_rows(seeds=1, a=1.5)) + 1
+
+
+def test_group_by_splits_what_cannot_be_pooled(tmp_path, capsys):
+    rows = (with_config(law_rows(seeds=1), distill__tokens=1000)
+            + [dict(r, config_hash=r["config_hash"] + "-long")
+               for r in with_config(law_rows(seeds=1, a=1.5, rng_seed=1), distill__tokens=4000)])
+    url = fill(tmp_path / "s.sqlite", rows)
+    assert main(["fit", "--store", url, "--out", str(tmp_path / "fit"), "--bootstrap", "50",
+                 "--group-by", "distill.tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "== distill.tokens=1000" in out and "== distill.tokens=4000" in out
+    law = {n: json.loads((tmp_path / "fit" / f"distill.tokens={n}" / "fit.json").read_text())["law"]
+           for n in (1000, 4000)}
+    assert law[1000]["a"] == pytest.approx(2.5, rel=0.05) and law[4000]["a"] == pytest.approx(1.5, rel=0.05)
+    assert not (tmp_path / "fit" / "fit.json").exists()
 
 
 def test_predict_without_results_says_it_uses_the_paper(tmp_path, capsys):
@@ -80,8 +115,36 @@ def _unknown_model(tmp_path):
         "--model linear is not a law model"
 
 
+
+def _unknown_study(tmp_path):
+    return (["fit", "--store", fill(tmp_path / "u.sqlite", with_config(law_rows(seeds=1))),
+             "--study", "micro_lw"], "study 'micro_lw' is not in store")
+
+
+def _two_studies_no_choice(tmp_path):
+    rows = with_config(law_rows(seeds=1)) + with_config(law_rows(seeds=1), study="micro_law")
+    return ["fit", "--store", fill(tmp_path / "two.sqlite", rows)], "holds studies default"
+
+
+def _pooled(tmp_path):
+    rows = with_config(law_rows(seeds=1), distill__tokens=1000)
+    rows[3]["config"]["distill"]["tokens"] = 4000
+    rows[5]["config"]["trainer"]["precision"] = "bf16-mixed"
+    rows[5]["config"]["data"] = {"kind": "local", "path": "/x"}
+    url = fill(tmp_path / "p.sqlite", rows)
+    return (["fit", "--store", url], "differ in more than teacher, student size and seed: "
+            "data.kind: 'local', unset; data.path: '/x', unset; distill.tokens: 1000, 4000; "
+            "trainer.precision: '32', 'bf16-mixed'; split them with --group-by data.kind")
+
+
+def _group_by_typo(tmp_path):
+    url = fill(tmp_path / "g.sqlite", with_config(law_rows(seeds=1)))
+    return ["fit", "--store", url, "--group-by", "distill.tokenz"], "--group-by distill.tokenz: no row"
+
+
 @pytest.mark.parametrize("case", [_corrupt, _missing_column, _empty, _single_teacher,
-                                  _single_student, _too_few_for_the_joint_fit, _unknown_model])
+                                  _single_student, _too_few_for_the_joint_fit, _unknown_model,
+                                  _unknown_study, _two_studies_no_choice, _pooled, _group_by_typo])
 def test_mistakes_give_one_line(case, tmp_path, capsys):
     argv, says = case(tmp_path)
     assert main(argv) == 2

@@ -2,7 +2,8 @@
 
 A SQLite file by default so a laptop needs nothing; any SQLAlchemy URL (PostgreSQL on a
 cluster, with the `postgres` extra) works the same. Every write is one transaction, so a
-killed job leaves either its whole row or nothing.
+killed job leaves either its whole row or nothing. Each row is filed under a study (see
+capgap.law.studies); one store may hold many.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     inspect,
     select,
     text,
@@ -38,8 +41,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 
+from capgap.atomic import atomic_file
 from capgap.cache import default_cache_dir
 from capgap.errors import CapgapError
+from capgap.law.studies import DEFAULT, check_name
 
 STATUSES = ("done", "failed", "skipped")
 
@@ -48,6 +53,7 @@ runs = Table(
     "runs",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study", String(200), nullable=False, server_default=DEFAULT),
     Column("config_hash", String(64), nullable=False),
     Column("status", String(16), nullable=False),
     Column("teacher", String(200)),
@@ -69,8 +75,9 @@ runs = Table(
     Column("wall_time_s", Float),
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    # A config has at most one result and at most one skip; failures may repeat (retries).
-    Index("uq_runs_final", "config_hash", "status", unique=True,
+    # Within a study a config has at most one result and at most one skip; failures may
+    # repeat (retries). (Stores made before studies had uq_runs_final without the study.)
+    Index("uq_runs_study_final", "study", "config_hash", "status", unique=True,
           sqlite_where=text("status != 'failed'"), postgresql_where=text("status != 'failed'")),
 )
 COLUMNS = [c.name for c in runs.columns]
@@ -81,6 +88,11 @@ REQUIRED = {
 }
 
 RETRIES = 20
+
+# Where SQLite's locks (and WAL's shared memory) cannot be trusted: files seen from many hosts
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs",
+                       "ceph", "glusterfs", "fuse.glusterfs", "fuse.sshfs", "afs", "9p"}
+_warned: set[Path] = set()
 
 
 def default_url() -> str:
@@ -107,6 +119,54 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).expanduser().resolve()
 
 
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount, from the kernel's table."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:  # not Linux: nothing to warn about
+        return []
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3:  # the table escapes spaces in mount points as \040
+            out.append((fields[1].replace("\\040", " "), fields[2]))
+    return out
+
+
+def filesystem_type(path: Path) -> tuple[str, str] | None:
+    """(filesystem type, mount point) of the mount holding path: the longest matching prefix."""
+    path = os.path.realpath(path)
+    best = None
+    for point, kind in _mounts():
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        # >=: of two mounts on one point the later, which hides the earlier, wins
+        if inside and (best is None or len(point) >= len(best[1])):
+            best = (kind, point)
+    return best
+
+
+def warn_if_network(path: Path) -> None:
+    """One line, once per file, when a SQLite store lies on a network filesystem."""
+    found = filesystem_type(path.parent)
+    if found is None or path in _warned:
+        return
+    kind, point = found
+    if kind.lower() in NETWORK_FILESYSTEMS or kind.lower().startswith("nfs"):
+        _warned.add(path)
+        print(f"capgap: warning: store {path} is on {kind} ({point}), a network filesystem where "
+              "SQLite's locks are unsafe; for jobs on many machines use store=postgres with "
+              "CAPGAP_STORE_URL=postgresql://...", file=sys.stderr)
+
+
+def from_config(store_cfg) -> Store:
+    """The store a job's `store:` config names; store=postgres needs its URL from the env."""
+    url = store_cfg.get("url")
+    if store_cfg.get("kind") == "postgres" and not url:
+        raise CapgapError("store=postgres needs CAPGAP_STORE_URL=postgresql://USER:PASSWORD@HOST:PORT/DB "
+                          "(or store.url=...)")
+    return Store(url)
+
+
 def _is_locked(e: DatabaseError) -> bool:
     msg = str(e.orig).lower()
     return isinstance(e, OperationalError) and ("locked" in msg or "busy" in msg)
@@ -121,6 +181,7 @@ class Store:
         try:
             if path:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                warn_if_network(path)
                 # the driver's timeout is SQLite's busy timeout: wait for a writer, not fail
                 self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
                 event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -139,9 +200,23 @@ class Store:
     def _create_schema(self):
         metadata.create_all(self.engine)
         have = {c["name"] for c in inspect(self.engine).get_columns("runs")}
+        if "study" not in have and not [c for c in COLUMNS if c not in have | {"study"}]:
+            self._add_study_column()
+            have.add("study")
         if missing := [c for c in COLUMNS if c not in have]:
             raise CapgapError(f"store {self.name} has a 'runs' table that is not capgap's "
                               f"(missing columns {', '.join(missing)})")
+
+    def _add_study_column(self):
+        """A store from before studies: its rows join the default study, and a config's
+        uniqueness becomes per study. One transaction; a second process doing the same at
+        once fails on "already exists" and _retry sees the finished migration."""
+        with self.engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE runs ADD COLUMN study VARCHAR(200) "
+                              f"NOT NULL DEFAULT '{DEFAULT}'"))
+            conn.execute(text("DROP INDEX IF EXISTS uq_runs_final"))
+            for index in runs.indexes:
+                index.create(conn, checkfirst=True)
 
     def _retry(self, fn, *args):
         """Run fn, retrying while another process holds the SQLite write lock.
@@ -154,9 +229,9 @@ class Store:
                 return fn(*args)
             except DatabaseError as e:
                 msg = str(e.orig)
-                # two processes created the same table at once (PostgreSQL reports it as a
-                # duplicate pg_type row); the next try sees the table
-                raced = "already exists" in msg or "pg_type" in msg
+                # two processes created the same table (PostgreSQL reports it as a duplicate
+                # pg_type row) or migrated the same store at once; the next try sees their work
+                raced = any(s in msg for s in ("already exists", "pg_type", "duplicate column"))
                 if attempt < RETRIES - 1 and (raced or _is_locked(e)):
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
                     continue
@@ -166,8 +241,8 @@ class Store:
                                   f"{str(e.orig).splitlines()[0]}") from None
         raise CapgapError(f"store {self.name} stayed locked after {RETRIES} tries")
 
-    def has_done(self, config_hash: str) -> bool:
-        query = select(runs.c.id).where(runs.c.config_hash == config_hash,
+    def has_done(self, config_hash: str, study: str = DEFAULT) -> bool:
+        query = select(runs.c.id).where(runs.c.config_hash == config_hash, runs.c.study == study,
                                         runs.c.status == "done").limit(1)
 
         def run():
@@ -188,6 +263,7 @@ class Store:
                 with self.engine.begin() as conn:
                     if replace and values["status"] != "failed":
                         conn.execute(delete(runs).where(runs.c.config_hash == values["config_hash"],
+                                                        runs.c.study == values["study"],
                                                         runs.c.status == values["status"]))
                     conn.execute(runs.insert().values(**values))
                 return True
@@ -195,22 +271,37 @@ class Store:
                 return False
         return self._retry(write)
 
-    def results(self, status: str | None = "done") -> list[dict]:
-        """Rows as dicts in insertion order; status=None gives every row."""
+    def results(self, status: str | None = "done", study: str | None = None) -> list[dict]:
+        """Rows as dicts in insertion order; status=None gives every row, study=None every study."""
         query = select(runs).order_by(runs.c.id)
         if status is not None:
             query = query.where(runs.c.status == status)
+        if study is not None:
+            query = query.where(runs.c.study == study)
 
         def read():
             with self.engine.connect() as conn:
                 return [dict(r._mapping) for r in conn.execute(query)]
         return self._retry(read)
 
-    def export_csv(self, path: str | Path, status: str | None = "done") -> Path:
+    def studies(self) -> dict[str, dict[str, int]]:
+        """{study: {status: rows}} for every study the store holds."""
+        query = (select(runs.c.study, runs.c.status, func.count())
+                 .group_by(runs.c.study, runs.c.status))
+
+        def read():
+            out: dict[str, dict[str, int]] = {}
+            with self.engine.connect() as conn:
+                for study, status, n in conn.execute(query):
+                    out.setdefault(study, dict.fromkeys(STATUSES, 0))[status] = n
+            return dict(sorted(out.items()))
+        return self._retry(read)
+
+    def export_csv(self, path: str | Path, status: str | None = "done",
+                   study: str | None = None) -> Path:
         path = Path(path)
-        rows = self.results(status)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        rows = self.results(status, study)
+        with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             for r in rows:
@@ -256,5 +347,6 @@ def _validate(row: dict) -> dict:
             raise CapgapError(f"store row {key} must be plain JSON (dicts, lists, numbers, "
                               f"strings): {e}") from None
     values = {k: v for k, v in row.items() if k != "id"}
+    values["study"] = check_name(values.get("study") or DEFAULT)
     values.setdefault("created_at", datetime.now(timezone.utc))
     return values

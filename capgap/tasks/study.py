@@ -1,8 +1,9 @@
 """task=study (the default): one point of the capacity-gap grid. Prune the teacher to the
 student size, distill, evaluate, and write the result into the law store.
 
-A point the store already has is skipped (store.force=true re-runs it); a point whose
-student is not smaller than its teacher is recorded as skipped with its reason.
+Each row is filed under `study=` (its config hash leaves the name out). A point the store
+already has in this study is skipped (store.force=true re-runs it); a point whose student is
+not smaller than its teacher is recorded as skipped with its reason.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 from omegaconf import OmegaConf
 
 from capgap.callbacks import StoreCallback, git_commit
+from capgap.errors import CapgapError
+from capgap.law import store as law_store
 from capgap.law.sizes import parse_size
-from capgap.law.store import Store
+from capgap.law.studies import DEFAULT, check_name
 from capgap.run_id import config_hash
 from capgap.tasks import distill
 from capgap.terminal import report
@@ -33,27 +36,40 @@ def flat_hparams(cfg) -> dict:
     return out
 
 
+def _target(cfg) -> int | None:
+    size = cfg.student.get("size")
+    if size in (None, ""):
+        return None
+    try:
+        return parse_size(size)
+    except CapgapError as e:
+        raise CapgapError(f"student.size={size}: {e}") from None
+
+
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
-    store = Store(cfg.store.get("url"))
+    # what can be checked before the store is opened is: a bad point leaves no trace there
+    study = check_name(cfg.get("study") or DEFAULT)
+    target = _target(cfg)
+    store = law_store.from_config(cfg.store)
     h = config_hash(cfg)
-    point = f"teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
-    if not cfg.store.force and store.has_done(h):
-        row = next(r for r in store.results("done") if r["config_hash"] == h)
+    point = f"study={study} teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
+    if not cfg.store.force and store.has_done(h, study):
+        row = next(r for r in store.results("done", study) if r["config_hash"] == h)
         report(f"{point}: already in store {store.name} (held-out loss {row['metric']:.4f}); "
               "skipped (store.force=true re-runs it)")
         return {"status": "cached", "config_hash": h, "val_loss": row["metric"], "objective": row["metric"]}
     size = cfg.student.get("size")
-    if size not in (None, "") and parse_size(size) >= cfg.teacher.params:
+    if target is not None and target >= cfg.teacher.params:
         reason = (f"student.size={size} is not below teacher={cfg.teacher.name} "
                   f"({cfg.teacher.params:,} parameters)")
-        store.record({"config_hash": h, "status": "skipped", "error": reason,
+        store.record({"study": study, "config_hash": h, "status": "skipped", "error": reason,
                       "teacher": cfg.teacher.name, "teacher_params": cfg.teacher.params, "seed": cfg.seed})
         report(f"{point}: skipped: {reason}")
         return {"status": "skipped", "reason": reason, "config_hash": h, "objective": None}
 
     def store_callback(info, tokens_per_step):
-        row = {"config_hash": h, "teacher": cfg.teacher.name, "teacher_params": info["teacher_params"],
+        row = {"study": study, "config_hash": h, "teacher": cfg.teacher.name, "teacher_params": info["teacher_params"],
                "teacher_non_embedding": info["teacher_non_embedding"],
                "student_params": info["student_params"], "student_non_embedding": info["student_non_embedding"],
                "sparsity": info["sparsity"], "seed": cfg.seed,
