@@ -21,6 +21,9 @@ from omegaconf import open_dict
 from capgap.errors import CapgapError
 
 CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
+# null in conf/trainer means Lightning's default; null rather than the default's value keeps
+# the config hash (the store's identity of a run) of every run made before these keys existed
+NULL_IS_DEFAULT = ("num_nodes", "strategy", "accumulate_grad_batches")
 
 
 def resolve_precision(precision) -> str:
@@ -128,7 +131,8 @@ def autocast_for(trainer_cfg, device: torch.device):
 
 def build_trainer(trainer_cfg, **overrides) -> L.Trainer:
     """A Trainer from conf/trainer with capgap's own keys taken out and precision resolved."""
-    kwargs = {k: v for k, v in trainer_cfg.items() if k not in CAPGAP_KEYS}
+    kwargs = {k: v for k, v in trainer_cfg.items()
+              if k not in CAPGAP_KEYS and not (k in NULL_IS_DEFAULT and v is None)}
     kwargs.update(overrides)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"))
     return instantiate(kwargs)
