@@ -1,6 +1,13 @@
-"""`capgap bench kd-loss`: peak memory and time of the chunked KD loss against the naive one.
+"""`capgap bench`: figures that back the README's claims.
 
-Each variant runs in a fresh Python process, so neither inherits the other's allocations:
+kd-loss: peak memory and time of the chunked KD loss against the naive one.
+eval:    peak memory of a held-out evaluation through the chunked head against the naive
+         forward with labels (full-vocabulary logits of the batch).
+distill: tokens/s and MFU of the real DistillModule step under the Lightning Trainer (Lightning's
+         ThroughputMonitor) against a plain PyTorch loop on the same models, batch and loss
+         (capgap.bench_distill).
+
+For kd-loss and eval each variant runs in a fresh Python process, so neither inherits the other's allocations:
 on CUDA the peak is torch.cuda.max_memory_allocated; on CPU torch has no allocator
 statistics and tracemalloc does not see its tensors, so the peak is the process's resident
 high-water mark (Linux VmHWM, reset through /proc/self/clear_refs once the inputs exist;
@@ -18,6 +25,9 @@ import sys
 import time
 
 VARIANTS = ("naive", "chunked")
+# 16 × 2048 tokens at Pythia's vocabulary: naive logits alone are 6.6 GB in fp32, so CPUs get a
+# smaller default batch (the shape is a flag; the report says what ran)
+EVAL_BATCH = {"cuda": 16, "cpu": 2}
 
 
 def parser():
@@ -33,11 +43,27 @@ def parser():
     kd.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="hidden states and heads")
     kd.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     kd.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # the child process
+
+    ev = sub.add_parser("eval", help="chunked vs naive held-out evaluation (forward with labels)")
+    ev.add_argument("--vocab", type=int, default=50304, help="Pythia's padded vocabulary")
+    ev.add_argument("--batch", type=int, default=None, help="sequences (default: 16 on cuda, 2 on cpu)")
+    ev.add_argument("--block", type=int, default=2048, help="tokens per sequence")
+    ev.add_argument("--hidden", type=int, default=256, help="width of the 2-layer GPT-NeoX evaluated")
+    ev.add_argument("--layers", type=int, default=2)
+    ev.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    ev.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+
+    from capgap.bench_distill import add_parser
+    add_parser(sub)
     return ap
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.bench == "distill":
+        from capgap.bench_distill import run
+
+        return run(args)
     import torch
 
     if args.device is None:
@@ -45,6 +71,16 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         from capgap.errors import CapgapError
         raise CapgapError("--device cuda: no CUDA device is visible")
+    if args.bench == "eval":
+        if args.batch is None:
+            args.batch = EVAL_BATCH[args.device]
+        pinned = ["--batch", str(args.batch)]
+        if args.variant:
+            print(json.dumps(measure_eval(args)))
+            return 0
+        results = {v: run_child(argv, args, v, pinned) for v in VARIANTS}
+        report_eval(args, results, torch)
+        return 0
     if args.chunk is None:
         from capgap.distill.chunked import CHUNK_SIZE
         args.chunk = CHUNK_SIZE
@@ -54,14 +90,14 @@ def main(argv=None):
         print(json.dumps(measure(args)))
         return 0
 
-    results = {v: run_child(argv, args, v) for v in VARIANTS}
+    results = {v: run_child(argv, args, v, ["--tokens", str(args.tokens)]) for v in VARIANTS}
     report(args, results, torch)
     return 0
 
 
-def run_child(argv, args, variant):
+def run_child(argv, args, variant, pinned=()):
     cmd = [sys.executable, "-m", "capgap.bench", *list(argv if argv is not None else sys.argv[1:]),
-           "--variant", variant, "--device", args.device, "--tokens", str(args.tokens)]
+           "--variant", variant, "--device", args.device, *pinned]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -146,6 +182,55 @@ def _status_kib(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def measure_eval(args):
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from capgap.distill.chunked import lm_loss
+
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.block)).to(dev).eval()
+    ids = torch.randint(0, args.vocab, (args.batch, args.block), device=dev)
+
+    @torch.no_grad()
+    def evaluate(x):
+        if args.variant == "naive":
+            return model(input_ids=x, labels=x).loss.item()
+        return lm_loss(model, x, x)[0].item()
+
+    evaluate(ids[:1, :8])  # kernels and thread pools up before the clock starts
+    memory = _Peak(dev)
+    t0 = time.perf_counter()
+    value = evaluate(ids)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {"peak_bytes": memory.peak_above_start(), "seconds": time.perf_counter() - t0, "loss": value,
+            "method": memory.method}
+
+
+def report_eval(args, results, torch):
+    mib = 2 ** 20
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"cpu, {torch.get_num_threads()} threads")
+    tokens = args.batch * args.block
+    scaled = "" if tokens >= 16 * 2048 else f" (scaled down from 16 x 2048 = 32768 for {args.device}: --batch 16)"
+    print(f"capgap bench eval: held-out loss of a {args.layers}-layer GPT-NeoX (hidden {args.hidden}), no grad")
+    print(f"  vocab {args.vocab}, {args.batch} x {args.block} = {tokens} tokens{scaled}")
+    print(f"  device {where}, torch {torch.__version__}")
+    print(f"  memory: {results['naive']['method']}, in a fresh process per variant, minus the memory held "
+          f"once model and batch exist")
+    print(f"{'variant':<10}{'peak_MiB':>12}{'time_s':>10}{'loss':>12}")
+    for v in VARIANTS:
+        r = results[v]
+        print(f"{v:<10}{r['peak_bytes'] / mib:>12.1f}{r['seconds']:>10.3f}{r['loss']:>12.5f}")
+    ratio = results["chunked"]["peak_bytes"] / max(results["naive"]["peak_bytes"], 1)
+    print(f"chunked/naive peak: {100 * ratio:.1f}% (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'})")
 
 
 def report(args, results, torch):

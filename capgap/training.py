@@ -1,13 +1,10 @@
 """Build a Lightning Trainer from config, fit with resume, and evaluate once at the end.
 
-Budgets are global: one optimizer step trains micro-batch × block × devices × nodes ×
-accumulation tokens, and steps are counted from that, so adding GPUs or accumulation never
-changes how many tokens a run trains (only how fast).
+Budgets are global tokens (capgap.budget): steps = tokens / tokens per optimizer step.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,8 +13,9 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
-from omegaconf import open_dict
 
+from capgap.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
+                           uses_cuda, world_size)
 from capgap.errors import CapgapError
 
 CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
@@ -35,33 +33,10 @@ def resolve_precision(precision) -> str:
     return "32-true"
 
 
-def uses_cuda(trainer_cfg) -> bool:
-    acc = str(trainer_cfg.get("accelerator", "auto"))
-    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-
-
 def is_fsdp(trainer_cfg) -> bool:
     s = trainer_cfg.get("strategy")
     name = s if isinstance(s, str) else (s or {}).get("_target_", "")
     return "fsdp" in str(name).lower()
-
-
-def devices_per_node(trainer_cfg) -> int:
-    d = trainer_cfg.get("devices", 1)
-    if d in (None, "auto"):
-        return (torch.cuda.device_count() or 1) if uses_cuda(trainer_cfg) else 1
-    if isinstance(d, str) and "," in d:
-        return len([x for x in d.split(",") if x.strip()])
-    if not isinstance(d, (int, str)):
-        return len(list(d))  # a list of device indices
-    d = int(d)
-    if d == -1:
-        return torch.cuda.device_count() if uses_cuda(trainer_cfg) else os.cpu_count()
-    return d
-
-
-def world_size(trainer_cfg) -> int:
-    return devices_per_node(trainer_cfg) * int(trainer_cfg.get("num_nodes", 1) or 1)
 
 
 def check_trainer(trainer_cfg) -> None:
@@ -79,35 +54,6 @@ def check_trainer(trainer_cfg) -> None:
         kind = "CUDA devices" if uses_cuda(trainer_cfg) else "CPU cores (one process each)"
         raise CapgapError(f"trainer.devices={trainer_cfg.get('devices')} asks for {n} devices but this "
                           f"machine has {have} {kind}")
-
-
-def apply_global_batch(trainer_cfg, batch_size: int, block_size: int, global_batch_tokens,
-                       key: str = "distill.global_batch_tokens") -> None:
-    """Set trainer.accumulate_grad_batches so that one optimizer step trains
-    `global_batch_tokens` tokens over all devices (null: keep the trainer's own)."""
-    if global_batch_tokens in (None, 0):
-        return
-    per_pass = batch_size * block_size * world_size(trainer_cfg)
-    accum, rest = divmod(int(global_batch_tokens), per_pass)
-    if rest or accum < 1:
-        raise CapgapError(
-            f"{key}={int(global_batch_tokens):,} is not a multiple of micro-batch × block × devices = "
-            f"{batch_size} × {block_size} × {world_size(trainer_cfg)} = {per_pass:,} tokens")
-    with open_dict(trainer_cfg):
-        trainer_cfg.accumulate_grad_batches = accum
-
-
-def tokens_per_step(trainer_cfg, tokens_per_batch: int) -> int:
-    """Tokens of one optimizer step: a micro-batch's on every device, times accumulation."""
-    accum = int(trainer_cfg.get("accumulate_grad_batches", 1) or 1) if trainer_cfg is not None else 1
-    world = world_size(trainer_cfg) if trainer_cfg is not None else 1
-    return tokens_per_batch * world * accum
-
-
-def steps_for(tokens: int, tokens_per_batch: int, trainer_cfg=None) -> int:
-    """Optimizer steps to train `tokens` tokens over all devices; `tokens_per_batch` is one
-    micro-batch of one device (without `trainer_cfg`: one device, no accumulation)."""
-    return max(1, math.ceil(tokens / tokens_per_step(trainer_cfg, tokens_per_batch)))
 
 
 def device_for(trainer_cfg) -> torch.device:

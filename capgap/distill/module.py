@@ -138,6 +138,10 @@ class DistillModule(CausalLMModule):
         p = next(t.parameters())
         if p.device != self.device or (dtype is not None and p.dtype != dtype):
             t.to(device=self.device, dtype=dtype)
+        if self._trainer is not None and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+            from capgap.sharding import shard_teacher  # under trainer=fsdp the teacher is sharded too
+
+            shard_teacher(t, self.device)
 
     def on_fit_start(self):
         self._place_teacher()

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from capgap.atomic import write_json_atomic
 from capgap.distributed import is_rank_zero, one_job_per_rank
 from capgap.errors import CapgapError
+from capgap.budget import apply_global_batch
 from capgap.training import check_trainer
 
 TASKS = {
@@ -42,6 +43,9 @@ def run_task(cfg) -> dict:
     if cfg.task not in TASKS:
         raise CapgapError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
     check_trainer(cfg.trainer)  # before anything is written
+    if cfg.task in ("distill", "study"):
+        d = cfg.distill  # a global batch the devices cannot split fails here, not after a teacher loaded
+        apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
     module = importlib.import_module(TASKS[cfg.task])
     run_dir = Path(cfg.paths.run_dir)
     # DDP ranks > 0 run the same job in the same run dir: rank 0 alone writes into it
