@@ -50,10 +50,13 @@ def grid(overrides: list[str]) -> list[list[str]]:
         base = compose("config", overrides=fixed, return_hydra_config=True)
     except Exception as e:  # Hydra's errors are many classes and many lines; one line here
         raise CapgapError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
+    # the preset's sweep, except for keys the command line sets (there, as in Hydra, it wins)
+    given = {o.get_key_element() for o in parse(overrides)}
     params = base.hydra.sweeper.get("params") or {}
     for key, value in params.items():
         for o in parse([f"{key}={value}"]):
-            sweeps.setdefault(o.get_key_element(), list(o.sweep_string_iterator()))
+            if o.get_key_element() not in given:
+                sweeps[o.get_key_element()] = list(o.sweep_string_iterator())
     keys = list(sweeps)
     return [fixed + [f"{k}={v}" for k, v in zip(keys, combo)]
             for combo in itertools.product(*(sweeps[k] for k in keys))]
