@@ -55,6 +55,14 @@ def parser():
 
     from capgap.bench_distill import add_parser
     add_parser(sub)
+
+    td = sub.add_parser("teacher-dtype", help="KD loss with the teacher in bf16 vs fp32, bf16 autocast")
+    td.add_argument("--teacher-path", required=True, help="an HF checkpoint folder (a trained teacher)")
+    td.add_argument("--data", required=True, help="a text or .jsonl file to draw blocks from")
+    td.add_argument("--batches", type=int, default=8)
+    td.add_argument("--batch", type=int, default=8)
+    td.add_argument("--block", type=int, default=128)
+    td.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     return ap
 
 
@@ -64,6 +72,8 @@ def main(argv=None):
         from capgap.bench_distill import run
 
         return run(args)
+    if args.bench == "teacher-dtype":
+        return teacher_dtype(args)
     import torch
 
     if args.device is None:
@@ -212,6 +222,53 @@ def measure_eval(args):
         torch.cuda.synchronize()
     return {"peak_bytes": memory.peak_above_start(), "seconds": time.perf_counter() - t0, "loss": value,
             "method": memory.method}
+
+
+def teacher_dtype(args):
+    """The KD term of the paper's loss on held-out blocks, student fixed, teacher in fp32 and in
+    bf16, both under the bf16 autocast that bf16-mixed training runs in."""
+    import copy
+    import json as _json
+
+    import torch
+
+    from capgap.distill.chunked import chunked_kd_loss
+    from capgap.distill.losses import KDLoss, shift_labels
+    from capgap.models.zoo import load_local
+
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher, tok = load_local(args.teacher_path, key="--teacher-path")
+    teacher.to(dev).eval()
+    torch.manual_seed(0)
+    # a student as a pruning run starts one: the teacher with noise, so KD is neither 0 nor chance
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.5 * p.std() * torch.randn_like(p))
+    lines = open(args.data, encoding="utf-8").read().splitlines()
+    text = "\n".join(_json.loads(x).get("text", "") if x.lstrip().startswith("{") else x for x in lines)
+    ids = torch.tensor(tok(text)["input_ids"])
+    n = args.batch * args.block
+    blocks = [ids[i * n:(i + 1) * n].view(args.batch, args.block) for i in range(min(args.batches, len(ids) // n))]
+    kd = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        t = copy.deepcopy(teacher).to(dtype)
+        total = 0.0
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            for b in blocks:
+                b = b.to(dev)
+                s_h = student.base_model(input_ids=b).last_hidden_state
+                t_h = t.base_model(input_ids=b).last_hidden_state
+                out = chunked_kd_loss(s_h, student.get_output_embeddings(), t_h, t.get_output_embeddings(),
+                                      shift_labels(b), KDLoss())
+                total += float(out.kd)
+        kd[name] = total / len(blocks)
+    where = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"capgap bench teacher-dtype: {args.teacher_path}, {len(blocks)} x {args.batch} x {args.block} "
+          f"tokens, bf16 autocast, device {where}")
+    print(f"KD (soft-CE) with fp32 teacher {kd['fp32']:.5f}, with bf16 teacher {kd['bf16']:.5f}: "
+          f"change {kd['bf16'] - kd['fp32']:+.5f} ({100 * (kd['bf16'] - kd['fp32']) / kd['fp32']:+.3f}%)")
+    return 0
 
 
 def report_eval(args, results, torch):

@@ -21,11 +21,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "teacher"
 def add_parser(sub):
     p = sub.add_parser("distill", help="DistillModule under Lightning vs a plain PyTorch loop: tokens/s, MFU")
     p.add_argument("--teacher", default=None, help="zoo teacher config (default: pythia_410m on cuda, "
-                   "pythia_70m on cpu)")
-    p.add_argument("--student", default=None, help="student size (default: 160M on cuda, 16M on cpu)")
-    p.add_argument("--batch", type=int, default=None, help="micro-batch (default: 8 on cuda, 1 on cpu)")
-    p.add_argument("--block", type=int, default=None, help="tokens per sequence (default 2048 on cuda, 256 on cpu)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per loop (default 20 on cuda, 6 on cpu)")
+                   "micro_l on cpu)")
+    p.add_argument("--student", default=None, help="student size (default: 160M on cuda, 600K on cpu)")
+    p.add_argument("--batch", type=int, default=None, help="micro-batch (default: 8)")
+    p.add_argument("--block", type=int, default=None, help="tokens per sequence (default 2048 on cuda, 128 on cpu)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per loop (default 20 on cuda, 10 on cpu)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating; the best counts")
     p.add_argument("--precision", default=None, help="bf16-mixed (cuda default) or 32-true (cpu default)")
@@ -58,8 +58,10 @@ def build_pair(teacher_name: str, student_size: str):
 
 
 def defaults(args, cuda: bool):
-    for key, on_cuda, on_cpu in (("teacher", "pythia_410m", "pythia_70m"), ("student", "160M", "16M"),
-                                 ("batch", 8, 1), ("block", 2048, 256), ("steps", 20, 6),
+    # on CPU a micro pair: big enough that a step is compute (not Python) bound, small enough
+    # for about a minute on two cores
+    for key, on_cuda, on_cpu in (("teacher", "pythia_410m", "micro_l"), ("student", "160M", "600K"),
+                                 ("batch", 8, 8), ("block", 2048, 128), ("steps", 20, 10),
                                  ("precision", "bf16-mixed", "32-true")):
         if getattr(args, key) is None:
             setattr(args, key, on_cuda if cuda else on_cpu)
