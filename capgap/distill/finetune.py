@@ -28,7 +28,7 @@ def finetune_settings(d) -> tuple[int, float]:
 def finetune(model, dm, d, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Path, tokens: int,
              lr_scale: float, log_every: int = 10, extra_callbacks=()):
     """Train `model` with CE only for `tokens` tokens at distill.lr·lr_scale; (trainer, metrics)."""
-    steps = training.steps_for(tokens, dm.tokens_per_batch)
+    steps = training.steps_for(tokens, dm.tokens_per_batch, trainer_cfg)
     module = CausalLMModule(model, lr=d.lr * lr_scale, betas=tuple(d.betas), weight_decay=d.weight_decay,
                             warmup_fraction=d.warmup_fraction, min_lr_ratio=d.min_lr_ratio,
                             total_steps=steps, log_every=log_every)
