@@ -271,10 +271,23 @@ def teacher_dtype(args):
     return 0
 
 
-def report_eval(args, results, torch):
+def _where(args, torch) -> str:
+    return torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
+def _table(results) -> None:
+    """Peak memory, time and loss per variant, and the chunked/naive ratio against the 25% target."""
     mib = 2 ** 20
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
+    print(f"{'variant':<10}{'peak_MiB':>12}{'time_s':>10}{'loss':>12}")
+    for v in VARIANTS:
+        r = results[v]
+        print(f"{v:<10}{r['peak_bytes'] / mib:>12.1f}{r['seconds']:>10.3f}{r['loss']:>12.5f}")
+    ratio = results["chunked"]["peak_bytes"] / max(results["naive"]["peak_bytes"], 1)
+    print(f"chunked/naive peak: {100 * ratio:.1f}% (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'})")
+
+
+def report_eval(args, results, torch):
+    where = _where(args, torch)
     tokens = args.batch * args.block
     scaled = "" if tokens >= 16 * 2048 else f" (scaled down from 16 x 2048 = 32768 for {args.device}: --batch 16)"
     print(f"capgap bench eval: held-out loss of a {args.layers}-layer GPT-NeoX (hidden {args.hidden}), no grad")
@@ -282,18 +295,11 @@ def report_eval(args, results, torch):
     print(f"  device {where}, torch {torch.__version__}")
     print(f"  memory: {results['naive']['method']}, in a fresh process per variant, minus the memory held "
           f"once model and batch exist")
-    print(f"{'variant':<10}{'peak_MiB':>12}{'time_s':>10}{'loss':>12}")
-    for v in VARIANTS:
-        r = results[v]
-        print(f"{v:<10}{r['peak_bytes'] / mib:>12.1f}{r['seconds']:>10.3f}{r['loss']:>12.5f}")
-    ratio = results["chunked"]["peak_bytes"] / max(results["naive"]["peak_bytes"], 1)
-    print(f"chunked/naive peak: {100 * ratio:.1f}% (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'})")
+    _table(results)
 
 
 def report(args, results, torch):
-    mib = 2 ** 20
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
+    where = _where(args, torch)
     scaled = "" if args.tokens >= 8 * 2048 else f" (scaled down from the issue's 8x2048 = 16384 for {args.device})"
     print(f"capgap bench kd-loss: {args.loss} KD + CE (alpha 0.5), forward + backward, {args.dtype}")
     print(f"  vocab {args.vocab}, tokens {args.tokens}{scaled}, hidden {args.hidden} (student and teacher), "
@@ -301,12 +307,7 @@ def report(args, results, torch):
     print(f"  device {where}, torch {torch.__version__}")
     print(f"  memory: {results['naive']['method']}, in a fresh process per variant, minus the memory held "
           f"once the inputs (hidden states, heads) exist: what the loss adds")
-    print(f"{'variant':<10}{'peak_MiB':>12}{'time_s':>10}{'loss':>12}")
-    for v in VARIANTS:
-        r = results[v]
-        print(f"{v:<10}{r['peak_bytes'] / mib:>12.1f}{r['seconds']:>10.3f}{r['loss']:>12.5f}")
-    ratio = results["chunked"]["peak_bytes"] / max(results["naive"]["peak_bytes"], 1)
-    print(f"chunked/naive peak: {100 * ratio:.1f}% (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'})")
+    _table(results)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,12 @@ class DistillModule(CausalLMModule):
 
     # -- held-out evaluation: the student's by CausalLMModule, the teacher's by a callback --
     def configure_callbacks(self):
-        return [TeacherValidation(self.chunk_size)]
+        # one instance for the module's life: its per-split cache spans fit and the final validate
+        if getattr(self, "_teacher_validation", None) is None:
+            self._teacher_validation = TeacherValidation(self.chunk_size)
+        if self._trainer is not None and self._teacher_validation in self.trainer.callbacks:
+            return []  # the final validate on the fit's trainer: it holds this one already
+        return [self._teacher_validation]
 
 
 def _width(model) -> int:

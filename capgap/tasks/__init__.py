@@ -14,9 +14,9 @@ import torch
 from omegaconf import OmegaConf
 
 from capgap.atomic import write_json_atomic
+from capgap.budget import apply_global_batch
 from capgap.distributed import is_rank_zero, one_job_per_rank
 from capgap.errors import CapgapError
-from capgap.budget import apply_global_batch
 from capgap.training import check_trainer
 
 TASKS = {

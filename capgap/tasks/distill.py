@@ -59,8 +59,9 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     student exists (task=study adds the one that writes the store)."""
     start = time.perf_counter()
     d = cfg.distill
-    ckpt_dir = checkpoint_dir(cfg)  # named by the config as given, before derived settings
-    # a global batch in tokens fixes the accumulation for these devices (or says why it cannot)
+    ckpt_dir = checkpoint_dir(cfg)
+    # a global batch in tokens fixes the accumulation for these devices (run_task did it already;
+    # again here for callers that come straight to this task)
     training.apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
     size = cfg.student.get("size")
     if not d.get("tokens") and not d.get("tokens_per_param"):
