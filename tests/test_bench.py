@@ -18,7 +18,8 @@ def test_kd_loss_bench_prints_parsable_figures(capsys):
     assert rows["naive"][2] == rows["chunked"][2]  # the same loss value, to the printed digits
     assert rows["naive"][0] > 0 and rows["chunked"][1] > 0
     ratio = float(re.search(r"chunked/naive peak: ([\d.]+)%", text)[1])
-    assert abs(ratio - 100 * rows["chunked"][0] / rows["naive"][0]) < 0.5
+    # MiB printed to 0.1: at this toy size the ratio carries that rounding
+    assert ratio == pytest.approx(100 * rows["chunked"][0] / rows["naive"][0], rel=0.03, abs=0.5)
 
 
 def test_eval_bench_compares_chunked_and_naive_evaluation(capsys):
