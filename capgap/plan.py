@@ -73,7 +73,7 @@ def point_cost(cfg) -> dict:
     d = cfg.distill
     training.apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
     per_step = training.tokens_per_step(cfg.trainer, d.batch_size * d.block_size)
-    budget = int(d.tokens) if d.get("tokens") else int(round(float(d.tokens_per_param) * s))
+    budget = parse_size(d.tokens) if d.get("tokens") else int(round(float(d.tokens_per_param) * s))
     tokens = training.steps_for(budget, d.batch_size * d.block_size, cfg.trainer) * per_step
     p = cfg.prune
     scored = p.n_batches * p.batch_size * p.block_size if (
@@ -128,6 +128,6 @@ def main(argv=None) -> int:
     hours = total_flops / rate / 3600
     devices = points[0]["devices"] if points else 1
     print(f"total: {run} points trained ({len(points) - run} skipped), {format_size(total_tokens)} tokens, "
-          f"{total_flops:.3e} FLOPs, {hours:,.0f} GPU-hours ({hours / devices:,.1f} h wall on {devices} "
+          f"{total_flops:.3e} FLOPs, {hours:,.1f} GPU-hours ({hours / devices:,.1f} h wall on {devices} "
           f"GPU{'s' if devices > 1 else ''} per job, jobs one after another)")
     return 0

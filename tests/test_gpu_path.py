@@ -55,7 +55,7 @@ def test_plan_prints_every_point_and_a_total(capsys):
     assert len(rows) >= 20
     assert all(accum == "32" for _, accum, _, _ in rows)  # 0.5M tokens / (8 × 2048) on one GPU
     total = re.search(r"^total: (\d+) points trained \((\d+) skipped\), \S+ tokens, ([\d.e+]+) FLOPs, "
-                      r"([\d,]+) GPU-hours", out, re.M)
+                      r"([\d,.]+) GPU-hours", out, re.M)
     assert total and int(total[1]) == len(rows) and int(total[1]) + int(total[2]) == 30
     flops = sum(float(f) for _, _, f, _ in rows)
     assert float(total[3]) == pytest.approx(flops, rel=1e-2)

@@ -46,7 +46,7 @@ def token_budget(d, student_params: int | None) -> int:
     """distill.tokens when set, else distill.tokens_per_param × the student's parameters
     (the study presets: a budget that grows with the student)."""
     if d.get("tokens") not in (None, 0):
-        return int(d.tokens)
+        return parse_size(d.tokens)  # 300000 or "20M"
     k = d.get("tokens_per_param")
     if not k or student_params is None:
         raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set (with a "
@@ -67,7 +67,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     if not d.get("tokens") and not d.get("tokens_per_param"):
         raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set: set one of them")
     # before the student exists its size is the target's; the budget trained is the real student's
-    planned_tokens = d.get("tokens") or (token_budget(d, parse_size(size)) if size not in (None, "") else None)
+    planned_tokens = token_budget(d, parse_size(size) if size not in (None, "") else None) \
+        if d.get("tokens") or size not in (None, "") else None
     # tokenize first: a bad corpus fails before a teacher is loaded or pretrained
     dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg), cfg.data, cfg.paths.cache_dir,
                           batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
