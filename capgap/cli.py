@@ -235,8 +235,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="failed and skipped runs too")
     p.set_defaults(func=cmd_export)
 
-    # listed for --help; the arguments belong to capgap.bench
+    # listed for --help; the arguments belong to capgap.bench and capgap.plan
     sub.add_parser("bench", help="benchmarks (capgap bench --help)", add_help=False)
+    sub.add_parser("plan", help="a study's points, FLOPs and GPU-hours before it runs (capgap plan --help)",
+                   add_help=False)
     return ap
 
 
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as e:
                 raise CapgapError(f"capgap bench is unavailable here: {e}") from None
             return bench.main(argv[1:]) or 0
+        if argv[:1] == ["plan"]:
+            from capgap import plan  # composes with Hydra: only when asked for
+
+            return plan.main(argv[1:]) or 0
         args = parser().parse_args(argv)
         args.func(args)
         return 0

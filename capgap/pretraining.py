@@ -29,13 +29,13 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
                           block_size=p.block_size, seed=p.seed, eval_batches=p.eval_batches,
                           block_key="pretrain.block_size")
     dm.setup()
-    steps = training.steps_for(tokens, dm.tokens_per_batch)
+    steps = training.steps_for(tokens, dm.tokens_per_batch, cfg.trainer)
     module = CausalLMModule(model, lr=p.lr, weight_decay=p.weight_decay,
                             warmup_fraction=p.warmup_fraction, min_lr_ratio=p.min_lr_ratio,
                             total_steps=steps)
     _, metrics = training.fit(module, dm, cfg.trainer, logger_cfg, run_dir, ckpt_dir, steps)
     metrics["unigram_entropy"] = unigram_entropy(dm.streams["val"])
-    metrics["tokens"] = steps * dm.tokens_per_batch
+    metrics["tokens"] = steps * training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
     metrics["steps"] = steps
     return module.model, metrics
 

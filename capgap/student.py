@@ -5,6 +5,7 @@ Data flows one way: teacher → scores (cached) → plan → sliced student.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from capgap.prune.slicing import load_pruned, slice_model
 from capgap.run_id import teacher_id
 from capgap.scratch import scratch_model
 from capgap.terminal import announce
-from capgap.training import build_trainer
+from capgap.training import build_trainer, world_size
 
 
 def target_size(cfg, teacher) -> int | None:
@@ -61,12 +62,16 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
         raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
                           f"({len(dm.train_dataloader())} batches of {p.batch_size}x{p.block_size})")
     announce("scoring", f"expressiveness E|dL/dmask| of the teacher on {p.n_batches} batches")
-    module = PrunerModule(teacher, n_batches=p.n_batches, cache_path=path)
-    # no weight moves, so nothing to clip, checkpoint or validate
-    trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=p.n_batches, logger=False,
-                            enable_checkpointing=False, gradient_clip_val=None, limit_val_batches=0)
+    # under DDP the N batches are shared out over the ranks (their means are averaged), so
+    # the scores and their cache entry do not depend on the number of devices
+    per_rank = math.ceil(p.n_batches / world_size(cfg.trainer))
+    module = PrunerModule(teacher, n_batches=per_rank, cache_path=path)
+    # no weight moves, so nothing to clip, accumulate, checkpoint or validate; the teacher
+    # stays on the device for the passes that follow
+    trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=per_rank, logger=False,
+                            enable_checkpointing=False, gradient_clip_val=None, limit_val_batches=0,
+                            accumulate_grad_batches=1)
     trainer.fit(module, datamodule=dm)
-    teacher.to("cpu")
     return module.scores
 
 

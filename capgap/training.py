@@ -1,14 +1,27 @@
-"""Build a Lightning Trainer from config, fit with resume, and evaluate once at the end."""
+"""Build a Lightning Trainer from config, fit with resume, and evaluate once at the end.
+
+Budgets are global tokens (capgap.budget): steps = tokens / tokens per optimizer step.
+"""
 
 from __future__ import annotations
 
-import math
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+
+from capgap.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
+                           uses_cuda, world_size)
+from capgap.errors import CapgapError
+
+CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
+# null in conf/trainer means Lightning's default; null rather than the default's value keeps
+# the config hash (the store's identity of a run) of every run made before these keys existed
+NULL_IS_DEFAULT = ("num_nodes", "strategy", "accumulate_grad_batches")
 
 from capgap.progress import StageBar
 
@@ -22,18 +35,64 @@ def resolve_precision(precision) -> str:
     return "32-true"
 
 
-def steps_for(tokens: int, tokens_per_batch: int) -> int:
-    return max(1, math.ceil(tokens / tokens_per_batch))
+def is_fsdp(trainer_cfg) -> bool:
+    s = trainer_cfg.get("strategy")
+    name = s if isinstance(s, str) else (s or {}).get("_target_", "")
+    return "fsdp" in str(name).lower()
+
+
+def check_trainer(trainer_cfg) -> None:
+    """What Lightning would only find out after a teacher is loaded (or in a child process),
+    as one line before anything is written."""
+    acc = str(trainer_cfg.get("accelerator", "auto"))
+    if is_fsdp(trainer_cfg) and not torch.cuda.is_available():
+        raise CapgapError("trainer=fsdp: FSDP shards the models over CUDA GPUs and needs CUDA, which "
+                          "this machine does not have (use trainer=default or trainer=cpu)")
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CapgapError(f"trainer.accelerator={acc}: no CUDA device is visible (use trainer=cpu)")
+    n = devices_per_node(trainer_cfg)
+    have = torch.cuda.device_count() if uses_cuda(trainer_cfg) else (os.cpu_count() or 1)
+    if n < 1 or n > have:
+        kind = "CUDA devices" if uses_cuda(trainer_cfg) else "CPU cores (one process each)"
+        raise CapgapError(f"trainer.devices={trainer_cfg.get('devices')} asks for {n} devices but this "
+                          f"machine has {have} {kind}")
+
+
+def device_for(trainer_cfg) -> torch.device:
+    """This process's device under the trainer config, known before the Trainer exists (the
+    teacher's passes before training run there too). LOCAL_RANK is set for DDP children."""
+    if uses_cuda(trainer_cfg):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def autocast_for(trainer_cfg, device: torch.device):
+    """The training precision's autocast for passes outside the Trainer (teacher scoring,
+    selection, generation), so they compute as training does."""
+    precision = resolve_precision(trainer_cfg.get("precision"))
+    if precision.startswith("bf16") and "mixed" in precision:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16") and "mixed" in precision:
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
 
 
 def build_trainer(trainer_cfg, **overrides) -> L.Trainer:
     """A Trainer from conf/trainer with capgap's own keys taken out and precision resolved."""
-    kwargs = {k: v for k, v in trainer_cfg.items() if k != "checkpoint_every"}
+    kwargs = {k: v for k, v in trainer_cfg.items()
+              if k not in CAPGAP_KEYS and not (k in NULL_IS_DEFAULT and v is None)}
     kwargs.update(overrides)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"))
     if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.progress)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StageBar()]
     return instantiate(kwargs)
+
+
+def throughput_monitor(window: int) -> ThroughputMonitor:
+    """Lightning's tokens/s (and MFU, from the module's flops_per_batch on GPUs Lightning
+    knows the peak of), logged as train/device/items_per_sec and train/device/mfu."""
+    return ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                             length_fn=lambda b: b["input_ids"].numel(), window_size=max(2, window))
 
 
 def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Path,
@@ -47,12 +106,17 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=trainer_cfg.get("checkpoint_every", 200))
     logger = instantiate(logger_cfg, save_dir=str(run_dir)) if logger_cfg else False
-    # Lightning refuses an interval longer than an epoch; short runs still evaluate at their end
-    batches = len(datamodule.train_dataloader())
-    interval = min(trainer_cfg.get("val_check_interval") or batches, batches, max_steps)
+    accum = int(trainer_cfg.get("accumulate_grad_batches", 1) or 1)
+    # Lightning counts val_check_interval in micro-batches of one process, and refuses one
+    # longer than an epoch; short runs still evaluate at their end
+    batches = max(1, len(datamodule.train_dataloader()) // world_size(trainer_cfg))
+    interval = trainer_cfg.get("val_check_interval")
+    interval = min(interval * accum if interval else batches, batches, max_steps * accum)
+    module.flops_per_batch = module.flops_per_token() * datamodule.tokens_per_batch
+    log_every = int(trainer_cfg.get("log_every_n_steps", 10) or 10)
     trainer = build_trainer(trainer_cfg, max_steps=max_steps, max_epochs=-1, val_check_interval=interval,
-                            logger=logger, callbacks=[checkpoint, *extra_callbacks],
-                            default_root_dir=str(run_dir))
+                            logger=logger, default_root_dir=str(run_dir),
+                            callbacks=[checkpoint, throughput_monitor(log_every * accum), *extra_callbacks])
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     # the periodic evaluation sees a fixed prefix; the final figure uses every validation block

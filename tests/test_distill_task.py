@@ -86,7 +86,7 @@ def test_distill_writes_metrics_and_a_loadable_student(tiny_setup, tmp_path):
         not any((Path(cfg.paths.cache_dir) / "checkpoints").iterdir())
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("train/loss", "train/ce", "train/kd", "train/lr", "train/grad_norm",
-                "perf/tokens_per_s", "val/loss", "val/ppl", "val/teacher_loss"):
+                "train/device/items_per_sec", "val/loss", "val/ppl", "val/teacher_loss"):
         assert key in header, key
 
 

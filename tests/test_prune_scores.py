@@ -68,7 +68,7 @@ def test_score_equals_independent_autograd(tiny_model):
 
 def test_five_sparsities_score_once(tiny_model):
     passes = []
-    tiny_model.register_forward_pre_hook(lambda *a: passes.append(1))
+    tiny_model.base_model.register_forward_pre_hook(lambda *a: passes.append(1))  # scoring runs the base model
     data = batches(4)
     for p in (0.1, 0.3, 0.5, 0.6, 0.8):
         scores = get_scores(tiny_model, data, teacher_id="tiny", data_id="d0", n_batches=4)

@@ -56,14 +56,24 @@ def confidence_scores(model, dataset, batch_size: int = 16, by: str = "max_prob"
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         ids = torch.stack([r["input_ids"] for r in rows]).to(device)
         targets = torch.stack([r["labels"] for r in rows])[:, 1:].to(device)
-        logp = F.log_softmax(model(input_ids=ids).logits[:, :-1].float(), dim=-1)
         valid = targets != IGNORE
-        if by == "max_prob":
-            per_token = logp.max(-1).values.exp()
-        else:
-            per_token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        per_token = _per_token(model, ids, targets, by)
         out.append((per_token * valid).sum(1) / valid.sum(1).clamp(min=1))
     return torch.cat(out).cpu()
+
+
+def _per_token(model, ids, targets, by: str, chunk: int = 256) -> torch.Tensor:
+    """[B, L-1] max probability or true-token log-probability, from the final hidden states a
+    chunk of positions at a time: the batch's full-vocabulary logits never exist."""
+    h = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    flat_h, flat_y = h.reshape(-1, h.shape[-1]), targets.reshape(-1).clamp(min=0)
+    out = torch.empty(flat_y.shape, device=h.device)
+    for i in range(0, len(flat_y), chunk):
+        logp = F.log_softmax(head(flat_h[i:i + chunk]).float(), dim=-1)
+        out[i:i + chunk] = (logp.max(-1).values.exp() if by == "max_prob"
+                            else logp.gather(-1, flat_y[i:i + chunk, None]).squeeze(-1))
+    return out.view(targets.shape)
 
 
 def most_confident(scores: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -121,8 +131,9 @@ def strategy(d) -> dict:
     return s
 
 
-def apply_strategy(cfg, dm, teacher, teacher_key: str) -> dict:
-    """Swap dm's training blocks for the transfer set the strategy asks for; info for metrics."""
+def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None) -> dict:
+    """Swap dm's training blocks for the transfer set the strategy asks for; info for metrics.
+    `tokens`: the distillation budget (default distill.tokens)."""
     d = cfg.distill
     s = strategy(d)
     if s["name"] == "confident":
@@ -134,7 +145,7 @@ def apply_strategy(cfg, dm, teacher, teacher_key: str) -> dict:
         dm.train_set = dm.train_override = Subset(dm.train_set, keep.tolist())
         return {"transfer_blocks": len(keep), "transfer_mean_confidence": float(scores[keep].mean())}
     if s["name"] == "generated":
-        steps = math.ceil(d.tokens / dm.tokens_per_batch)
+        steps = math.ceil((tokens or d.tokens) / dm.tokens_per_batch)
         n = int(s.get("sequences") or steps * d.batch_size)  # enough that no block repeats
         settings = {"prompt_tokens": int(s.get("prompt_tokens", 8)),
                     "temperature": float(s.get("temperature", 1.0))}

@@ -89,7 +89,7 @@ def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes:
     """Distill each assistant from the model before it. Returns (last assistant, its score-cache
     key, one dict per stage)."""
     d = cfg.distill
-    steps = training.steps_for(d.tokens, dm.tokens_per_batch)
+    steps = training.steps_for(d.tokens, dm.tokens_per_batch, cfg.trainer)
     current, key, stages = teacher, None, []
     base_id = teacher_id(cfg, tokenizer)
     for i, size in enumerate(sizes, 1):

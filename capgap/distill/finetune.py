@@ -30,7 +30,7 @@ def finetune_settings(d) -> tuple[int, float]:
 def finetune(model, dm, d, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Path, tokens: int,
              lr_scale: float, log_every: int = 10, extra_callbacks=()):
     """Train `model` with CE only for `tokens` tokens at distill.lr·lr_scale; (trainer, metrics)."""
-    steps = training.steps_for(tokens, dm.tokens_per_batch)
+    steps = training.steps_for(tokens, dm.tokens_per_batch, trainer_cfg)
     announce("fine-tuning", f"CE only on {steps * dm.tokens_per_batch:,} tokens at lr {d.lr * lr_scale:g}")
     optim = {**optim_settings(d), "lr": d.lr * lr_scale}
     module = CausalLMModule(model, total_steps=steps, log_every=log_every, **optim)

@@ -5,9 +5,10 @@ total = alpha·CE(labels) + kd_weight·T²·D(teacher, student) + Σ weight_k·t
 The teacher is frozen, in eval mode, run under `torch.no_grad()` (not inference_mode: its
 hidden states feed the terms' graphs) and kept in a tuple, so it is not a submodule:
 Lightning neither optimises it nor writes it into checkpoints. It follows the student to its
-device at the start of fit/validation, optionally cast to a lower precision. The KD term
-comes from the final hidden states through each LM head a chunk of tokens at a time
-(capgap.distill.chunked), so full-vocabulary logits of the batch never exist in training.
+device at the start of fit/validation, in bf16 when training is bf16-mixed
+(distill.teacher_dtype overrides). Its held-out loss is logged by capgap.distill.teacher_eval.
+The KD term comes from the final hidden states through each LM head a chunk of tokens at a
+time (capgap.distill.chunked), so full-vocabulary logits of the batch never exist in training.
 
 Strategies (capgap.distill.strategy) plug in without changing this file: loss terms
 (intermediate matching, progressive stages), an example selector (hard mining) and callbacks
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from capgap.data.blocks import IGNORE
 from capgap.distill.chunked import CHUNK_SIZE, chunked_kd_loss
 from capgap.distill.losses import KDLoss, shift_labels
+from capgap.distill.teacher_eval import TeacherValidation
 from capgap.errors import CapgapError
 from capgap.lm_module import CausalLMModule
 
@@ -59,6 +60,7 @@ class DistillModule(CausalLMModule):
         self.kd_loss = loss or KDLoss()
         self.chunk_size = chunk_size
         teacher.eval().requires_grad_(False)
+        self.teacher_dtype = teacher_dtype  # None: follow the trainer's precision at fit
         if teacher_dtype is not None:
             teacher.to(teacher_dtype)
         self._teacher = (teacher,)  # a tuple hides it from nn.Module: no state_dict, no optimiser
@@ -71,9 +73,6 @@ class DistillModule(CausalLMModule):
             # attention probabilities exist only with eager attention
             for m in (student, teacher):
                 m.set_attn_implementation("eager")
-        self.teacher_val = MeanMetric()
-        self._teacher_val_losses: dict[int, float] = {}  # per validation-set size: computed once
-        self._teacher_val_pending = False
 
     @property
     def teacher(self):
@@ -88,13 +87,27 @@ class DistillModule(CausalLMModule):
     def extra_parameters(self):
         return list(self.terms.parameters())
 
-    def configure_callbacks(self):
-        return self._callbacks
+    def flops_per_token(self) -> int:
+        """6·N_S + 2·N_T per trained token: the student's forward and backward, the teacher's forward."""
+        n_t = sum(p.numel() for p in self.teacher.parameters()) if self.uses_teacher else 0
+        return super().flops_per_token() + 2 * n_t
 
     def _place_teacher(self):
-        t = self.teacher
-        if next(t.parameters()).device != self.device:
-            t.to(self.device)
+        """The teacher on the student's device, in bf16 (fp16) when training is bf16 (fp16)
+        mixed precision: the forward that autocast would run in that precision anyway, at half
+        the memory. distill.teacher_dtype overrides."""
+        t, dtype = self.teacher, self.teacher_dtype
+        if dtype is None and self._trainer is not None:
+            precision = str(self.trainer.precision)
+            dtype = torch.bfloat16 if precision.startswith("bf16") else (
+                torch.float16 if precision.startswith("16") else None)
+        p = next(t.parameters())
+        if p.device != self.device or (dtype is not None and p.dtype != dtype):
+            t.to(device=self.device, dtype=dtype)
+        if self._trainer is not None and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+            from capgap.sharding import shard_teacher  # under trainer=fsdp the teacher is sharded too
+
+            shard_teacher(t, self.device)
 
     def on_fit_start(self):
         self._place_teacher()
@@ -134,27 +147,12 @@ class DistillModule(CausalLMModule):
         parts["loss"] = total
         return parts
 
-    # -- held-out evaluation: the student's loss every time, the teacher's once per split --
-    def on_validation_epoch_start(self):
-        self._teacher_val_pending = self._val_key() not in self._teacher_val_losses
-
-    def _val_key(self) -> int:
-        loaders = self.trainer.val_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        return len(loader.dataset)
-
-    def validation_step(self, batch, batch_idx):
-        super().validation_step(batch, batch_idx)
-        if self._teacher_val_pending:
-            out = self.teacher(input_ids=batch["input_ids"], labels=batch["labels"])
-            self.teacher_val.update(out.loss.float(), (batch["labels"][:, 1:] != IGNORE).sum())
-
-    def on_validation_epoch_end(self):
-        super().on_validation_epoch_end()
-        key = self._val_key()
-        if self._teacher_val_pending:
-            self._teacher_val_losses[key] = float(self.teacher_val.compute())
-            self.teacher_val.reset()
-            self._teacher_val_pending = False
-        # logged at every evaluation (a flat reference line), computed only once
-        self.log("val/teacher_loss", self._teacher_val_losses[key])
+    # -- held-out evaluation: the student's by CausalLMModule, the teacher's by a callback --
+    def configure_callbacks(self):
+        # the strategies' callbacks (the progressive schedule) and teacher validation, one
+        # instance for the module's life: its per-split cache spans fit and the final validate
+        if getattr(self, "_teacher_validation", None) is None:
+            self._teacher_validation = TeacherValidation(self.chunk_size)
+        if self._trainer is not None and self._teacher_validation in self.trainer.callbacks:
+            return []  # the final validate on the fit's trainer: it holds these already
+        return [*self._callbacks, self._teacher_validation]

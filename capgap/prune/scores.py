@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from capgap.atomic import atomic_file
 from capgap.cache import default_cache_dir
+from capgap.distill.chunked import lm_loss
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
@@ -81,8 +82,10 @@ class ScoreAccumulator:
     def loss(self, batch: dict) -> torch.Tensor:
         self.model.eval()  # dropout off: score the teacher as it predicts
         device = self.masks.hidden.device
+        inputs = _lm_inputs(batch, device)
         with applied(self.masks, self.adapter):
-            return self.model(**_lm_inputs(batch, device)).loss
+            # chunked through the LM head: no [tokens, vocab] logits of the batch
+            return lm_loss(self.model, inputs.pop("input_ids"), inputs.pop("labels"), **inputs)[0]
 
     def collect(self) -> None:
         # |.| per batch, then the mean: E|∂L/∂m|, not |E ∂L/∂m| (signs would cancel)

@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
+from capgap.distributed import is_rank_zero
 from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
+from capgap.errors import CapgapError
+from capgap.law.sizes import parse_size
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
 from capgap.prune.plan import Plan
@@ -42,20 +45,47 @@ def student_plan(cfg, info):
     return None
 
 
+def token_budget(d, student_params: int | None) -> int:
+    """distill.tokens when set, else distill.tokens_per_param × the student's parameters
+    (the study presets: a budget that grows with the student)."""
+    if d.get("tokens") not in (None, 0):
+        return parse_size(d.tokens)  # 300000 or "20M"
+    k = d.get("tokens_per_param")
+    if not k or student_params is None:
+        raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set (with a "
+                          "student.size): set one of them")
+    return int(round(float(k) * student_params))
+
+
 def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
     student exists (task=study adds the one that writes the store)."""
     start = time.perf_counter()
     d = cfg.distill
+    ckpt_dir = checkpoint_dir(cfg)
+    # a global batch in tokens fixes the accumulation for these devices (run_task did it already;
+    # again here for callers that come straight to this task)
+    training.apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
+    size = cfg.student.get("size")
+    if not d.get("tokens") and not d.get("tokens_per_param"):
+        raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set: set one of them")
+    # before the student exists its size is the target's; the budget trained is the real student's
+    planned_tokens = token_budget(d, parse_size(size) if size not in (None, "") else None) \
+        if d.get("tokens") or size not in (None, "") else None
     # tokenize first: a bad corpus fails before a teacher is loaded or pretrained
     dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg), cfg.data, cfg.paths.cache_dir,
                           batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
                           eval_batches=d.eval_batches)
     dm.setup()
     teacher, tokenizer = load_teacher(cfg.teacher, cfg)
+    # every teacher pass (selection, generation, scoring, layer influence, training, evaluation)
+    # runs on this process's training device, in the training precision
+    device = training.device_for(cfg.trainer)
+    teacher.to(device)
+    precision = training.autocast_for(cfg.trainer, device)
     # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
-    transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer))
-    ckpt_dir = checkpoint_dir(cfg)
+    with precision:
+        transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer), tokens=planned_tokens)
     resumed = (ckpt_dir / "last.ckpt").is_file()
     log_every = cfg.trainer.get("log_every_n_steps", 10)
     # a teacher-assistant chain distills its assistants first; the last one teaches the student
@@ -63,15 +93,19 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     sizes = planned_sizes(cfg, teacher)
     if sizes:
         source, source_key, chain = run_chain(cfg, teacher, tokenizer, dm, run_dir, ckpt_dir, sizes, log_every)
-    student, info = make_student(cfg, source, tokenizer, teacher_key=source_key)
+    with precision:
+        student, info = make_student(cfg, source, tokenizer, teacher_key=source_key)
     plan = student_plan(cfg, info)
     info.pop("plan", None)
     info.update(size_info(student, teacher))  # sizes and sparsity against the real teacher
-    steps = training.steps_for(d.tokens, dm.tokens_per_batch)
+    tokens = token_budget(d, info["student_params"])
+    per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
+    steps = training.steps_for(tokens, dm.tokens_per_batch, cfg.trainer)
     announce("distilling", f"{info['student_params']:,}-parameter student from {cfg.teacher.name} "
-                           f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * dm.tokens_per_batch:,} tokens")
+                           f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * per_step:,} tokens")
     module = from_config(student, source, d, steps, log_every=log_every)
-    extra = [make(info, dm.tokens_per_batch) for make in callbacks]
+    # DDP ranks > 0 run this same job: only rank 0 writes the store
+    extra = [make(info, per_step) for make in callbacks] if is_rank_zero() else []
     ft_tokens, ft_scale = finetune_settings(d)
     # the callbacks (the study's store row) see the last stage: the student that is saved
     trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir, steps,
@@ -81,12 +115,15 @@ def run(cfg, run_dir, callbacks=()) -> dict:
         ft_trainer, res = finetune(module.model, dm, d, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir,
                                    ft_tokens, ft_scale, log_every=log_every,
                                    extra_callbacks=extra)
-    folder = save_student(module.model, plan, tokenizer, run_dir / "student")
-    if not d.get("keep_checkpoint"):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    folder = run_dir / "student"
+    if is_rank_zero():
+        save_student(module.model, plan, tokenizer, folder)
+        if not d.get("keep_checkpoint"):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info, **transfer,
                "loss": d.loss.name, "alpha": float(d.loss.alpha),
-               "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * dm.tokens_per_batch,
+               "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * per_step,
+               "tokens_planned": tokens, "tokens_per_step": per_step,
                "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],
                "teacher_val_loss": before.get("val/teacher_loss"), "student_dir": str(folder),
                "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
@@ -97,10 +134,11 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     if ft_tokens:
         # val_loss is the final student's; the distilled one's stays beside it for the ablation
         metrics.update(val_loss_distilled=before["val/loss"], finetune_steps=int(ft_trainer.global_step),
-                       finetune_tokens=int(ft_trainer.global_step) * dm.tokens_per_batch,
+                       finetune_tokens=int(ft_trainer.global_step) * per_step,
                        finetune_lr=float(d.lr * ft_scale))
-    report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
-          f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
-          f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
-          f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")
+    if is_rank_zero():
+        report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
+               f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
+               f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
+               f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")
     return metrics
