@@ -20,7 +20,7 @@ from capgap.models.params import count_params
 from capgap.models.zoo import build_from_config
 from capgap.prune.plan import make_plan
 from capgap.prune.pruner_module import PrunerModule
-from capgap.prune.scores import block_influence, cache_path, get_scores, load_scores
+from capgap.prune.scores import block_influence, cache_path, cached_scores, get_scores
 from capgap.prune.slicing import load_pruned, slice_model
 from capgap.training import build_trainer
 
@@ -66,13 +66,16 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
     path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches,
                       root=cfg.paths.cache_dir)
-    if path.is_file():
-        return load_scores(path)
+    return cached_scores(path, lambda: _score(cfg, teacher, tokenizer))
+
+
+def _score(cfg, teacher, tokenizer):
+    p = cfg.prune
     dm = scoring_data(cfg, tokenizer)
     if len(dm.train_dataloader()) < p.n_batches:
         raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
                           f"({len(dm.train_dataloader())} batches of {p.batch_size}x{p.block_size})")
-    module = PrunerModule(teacher, n_batches=p.n_batches, cache_path=path)
+    module = PrunerModule(teacher, n_batches=p.n_batches)  # the cache entry saves them, not the module
     # no weight moves, so nothing to clip, checkpoint or validate
     trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=p.n_batches, logger=False,
                             enable_checkpointing=False, gradient_clip_val=None, limit_val_batches=0)

@@ -10,6 +10,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from capgap.resume import AtomicCheckpointIO, RNGState
+
 
 def resolve_precision(precision) -> str:
     """`auto`: bf16 mixed precision on GPUs that have it, full fp32 elsewhere."""
@@ -43,12 +45,14 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=trainer_cfg.get("checkpoint_every", 200))
     logger = instantiate(logger_cfg, save_dir=str(run_dir)) if logger_cfg else False
+    # the loader yields exactly max_steps batches: one epoch, so a resume never meets an epoch end
+    datamodule.train_steps = max_steps
     # Lightning refuses an interval longer than an epoch; short runs still evaluate at their end
     batches = len(datamodule.train_dataloader())
     interval = min(trainer_cfg.get("val_check_interval") or batches, batches, max_steps)
     trainer = build_trainer(trainer_cfg, max_steps=max_steps, max_epochs=-1, val_check_interval=interval,
-                            logger=logger, callbacks=[checkpoint, *extra_callbacks],
-                            default_root_dir=str(run_dir))
+                            logger=logger, callbacks=[checkpoint, RNGState(), *extra_callbacks],
+                            plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     # the periodic evaluation sees a fixed prefix; the final figure uses every validation block

@@ -18,6 +18,7 @@ from capgap.distill.module import from_config
 from capgap.models.zoo import load_model, load_tokenizer
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
+from capgap.resume import claim
 from capgap.student import config_hash, make_student, size_info, teacher_id
 from capgap.tasks.prune import save_student
 from capgap import training
@@ -42,6 +43,11 @@ def student_plan(cfg, info):
 def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
     student exists (task=study adds the one that writes the store)."""
+    with claim(checkpoint_dir(cfg)):  # one job per checkpoint folder, for the whole run
+        return _run(cfg, run_dir, callbacks)
+
+
+def _run(cfg, run_dir, callbacks) -> dict:
     start = time.perf_counter()
     d = cfg.distill
     # tokenize first: a bad corpus fails before a teacher is loaded or pretrained
@@ -54,6 +60,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer))
     ckpt_dir = checkpoint_dir(cfg)
     resumed = (ckpt_dir / "last.ckpt").is_file()
+    print(f"[capgap] distilling; resumable checkpoints in {ckpt_dir}{' (resuming)' if resumed else ''}",
+          flush=True)
     log_every = cfg.trainer.get("log_every_n_steps", 10)
     # a teacher-assistant chain distills its assistants first; the last one teaches the student
     source, source_key, chain = teacher, None, []
