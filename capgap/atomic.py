@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 # temp names carry the writer's host and pid, so a later job can tell debris of a killed
 # writer (dead pid on this host) from a write in progress, and remove only the former
@@ -194,16 +194,25 @@ def build_once(folder: str | Path, build: Callable[[Path], None], collective: bo
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return True
-    with lock_for(folder):
+    lock = lock_for(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[capgap] waiting for another job building cache entry {folder}", flush=True)
+        lock.acquire()
+    try:
         problem = entry_problem(folder)
         if problem is None:  # another job built it while this one waited
             return False
         if problem != "missing":
             print(f"capgap: warning: cache entry {folder} is corrupt ({problem}); rebuilding",
                   file=sys.stderr, flush=True)
+        print(f"[capgap] building cache entry {folder}", flush=True)
         start = time.perf_counter()
         with atomic_dir(folder) as tmp:
             build(tmp)
             (tmp / MARKER).write_text(json.dumps({"files": _manifest(tmp)}, indent=1))
         print(f"[capgap] built cache entry {folder} in {time.perf_counter() - start:.1f}s", flush=True)
+    finally:
+        lock.release()
     return True
