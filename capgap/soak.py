@@ -32,11 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = ("micro_xs", "micro_s")
 SIZES = ("150K", "200K", "250K")
 # tiny budgets: the soak checks that kills lose nothing, not what the law says
-COMMON = ["task=study", "teacher.pretrain_tokens=16384", "prune.multiple=1", "prune.n_batches=2",
+COMMON = ["task=study", "data.max_tokens=100000", "teacher.pretrain_tokens=16384", "prune.multiple=1", "prune.n_batches=2",
           "distill.tokens=12288", "distill.batch_size=8", "distill.block_size=64", "distill.eval_batches=2",
           "trainer=cpu", "trainer.checkpoint_every=4", "trainer.val_check_interval=8",
           "trainer.enable_progress_bar=false", "logger=csv"]
 TARGETS = ("tokenizing", "pretraining", "scoring", "distilling", "finishing")
+# the latest moment, after a phase shows in the log, at which its kill may fall (about its
+# length on a busy 2-core machine, so most kills land inside it)
+WITHIN = {"tokenizing": 3.0, "pretraining": 8.0, "scoring": 0.5, "distilling": 8.0, "finishing": 0.3}
 PHASE_OF_ENTRY = {"tokenizers": "tokenizing", "tokens": "tokenizing", "teachers": "pretraining",
                   "scores": "scoring", "transfer": "distilling"}
 CACHE_ENTRIES = ("tokenizers/*", "tokens/*", "teachers/*/model", "scores/*", "transfer/*")
@@ -91,7 +94,7 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
     attempts: dict[str, int] = {}
     killed: list[tuple[str, str]] = []
     failures: list[str] = []
-    target, aim_since, fire_at = 0, time.time(), None
+    aim, aim_since, fire_at = TARGETS[0], time.time(), None
     while pending or running:
         if time.time() > deadline:
             for j in running:
@@ -119,15 +122,14 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
                     raise SystemExit("capgap: error: jobs fail without being killed:\n" + "\n".join(failures))
             pending.append(j.point)  # killed: run it again
         if len(killed) < kills and running:
-            want = TARGETS[target % len(TARGETS)]
-            in_phase = [j for j in running if j.phase() == want]
-            if fire_at is None and in_phase:
-                fire_at = time.time() + rng.uniform(0, 1.5)  # a random moment inside the phase
-            elif fire_at is None and time.time() - aim_since > 20:
-                want, in_phase = "any", running  # that phase no longer comes: any job, any moment
-                fire_at = time.time() + rng.uniform(0, 2)
+            if fire_at is None and any(j.phase() == aim for j in running):
+                fire_at = time.time() + rng.uniform(0, WITHIN[aim])  # a random moment inside the phase
+            elif fire_at is None and aim != "any" and time.time() - aim_since > (45 if pending else 3):
+                # (in the last wave the sweep would end before the kills are spent)
+                aim, fire_at = "any", time.time() + rng.uniform(0, 2)  # that phase no longer comes
             if fire_at is not None and time.time() >= fire_at:
-                victims = [j for j in running if j.phase() == want] or (running if want == "any" else [])
+                fire_at = None
+                victims = running if aim == "any" else [j for j in running if j.phase() == aim]
                 if victims:
                     j = rng.choice(victims)
                     phase = j.phase()
@@ -136,7 +138,8 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
                     killed.append((j.point, phase))
                     say(f"[soak] kill {len(killed)}: {j.point} while {phase} "
                         f"({time.time() - j.started:.1f}s into attempt {attempts[j.point]})")
-                target, aim_since, fire_at = target + 1, time.time(), None
+                    aim, aim_since = TARGETS[len(killed) % len(TARGETS)], time.time()
+                # else the phase ended before its moment: wait for it to come again
         time.sleep(0.05)
     return {"kills": killed, "attempts": attempts, "failures": failures, "store": store, "runs": runs}
 
