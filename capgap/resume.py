@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import Timeout
+from filelock import FileLock, Timeout
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback
 
-from capgap.atomic import atomic_file, lock_for
+from capgap.atomic import atomic_file
 from capgap.errors import CapgapError
 
 
@@ -73,7 +73,9 @@ def claim(ckpt_dir: str | Path):
     config stops with one line instead of sharing the folder (the OS frees the lock of a
     killed job, so its rerun is never blocked)."""
     ckpt_dir = Path(ckpt_dir)
-    lock = lock_for(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # inside the folder, so the run's deletion of the folder takes the lock file with it
+    lock = FileLock(ckpt_dir / ".lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
