@@ -213,7 +213,10 @@ def main(argv=None) -> int:
     once = all(n == 1 for n in res["per_point"].values())
     print()
     print(f"kills:                  {len(out['kills'])} ({', '.join(f'{k} {v}' for k, v in sorted(phases.items()))})")
-    print(f"reruns:                 {sum(out['attempts'].values()) - len(out['attempts'])}")
+    print(f"reruns:                 {sum(out['attempts'].values()) - len(out['attempts'])}"
+          f" ({len(out['failures'])} after a failure that was no kill)")
+    for f in out["failures"]:
+        print(f"  {f}")
     print(f"points done:            {sum(n > 0 for n in res['per_point'].values())}/{len(res['per_point'])}")
     print(f"rows per point:         {', '.join(f'{p} {n}' for p, n in res['per_point'].items())}")
     print(f"rows in store:          {len(res['rows'])} ({len(res['done'])} done)")
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
     print(f"fitted law:             T* = {law.a:.6f}·S {'+-'[law.b < 0]} {abs(law.b):.1f}   "
           f"(undisturbed: T* = {ref_law.a:.6f}·S {'+-'[ref_law.b < 0]} {abs(ref_law.b):.1f})  equal: {same_law}")
     print(f"time:                   soak sweep {soak_time:.0f}s, total {time.time() - start:.0f}s")
-    ok = (len(out["kills"]) >= args.kills and once and res["partial"] == 0 and not res["temps"]
+    ok = (len(out["kills"]) >= args.kills and not out["failures"] and once and res["partial"] == 0 and not res["temps"]
           and not res["corrupt"] and same_law and same_metrics)
     print("soak: PASS" if ok else "soak: FAIL")
     return 0 if ok else 1
