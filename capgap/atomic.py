@@ -1,23 +1,73 @@
 """Writing files and folders so that a killed or concurrent job never leaves, nor reads,
 half of one: write beside the target, then rename over it (rename is atomic on POSIX).
+Cache entries are built once under a file lock and carry a completion marker written last.
 
 The one place capgap writes anything that another job or a later run reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock, Timeout
+
+# temp names carry the writer's host and pid, so a later job can tell debris of a killed
+# writer (dead pid on this host) from a write in progress, and remove only the former
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+TEMP = re.compile(r"^\..+\.(?:tmp|old)-([0-9a-f]{8})-(\d+)-[0-9a-f]{6}$")
+MARKER = ".complete.json"  # an entry's manifest, the last thing written into it
+CHECKSUM_LIMIT = 64 << 20  # files above this are checked by size only (hashing GBs on every read costs)
 
 
 def _tmp_name(path: Path, what: str = "tmp") -> Path:
-    # a hidden sibling on the same filesystem (rename across filesystems is a copy); the uuid
-    # keeps two processes (or two threads of one) from sharing a temp name
-    return path.with_name(f".{path.name}.{what}-{uuid.uuid4().hex[:8]}")
+    # a hidden sibling on the same filesystem (rename across filesystems is a copy); the random
+    # part keeps two threads of one process from sharing a temp name
+    return path.with_name(f".{path.name}.{what}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def is_temp(name: str) -> bool:
+    return TEMP.match(name) is not None
+
+
+def sweep_stale(folder: str | Path) -> int:
+    """Remove the temp files and folders that dead processes of this host left in `folder`
+    (a SIGKILL runs no cleanup); returns how many. Writes in progress are left alone."""
+    removed = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        m = TEMP.match(entry.name)
+        if not m or m[1] != HOST or _alive(int(m[2])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 @contextmanager
@@ -25,6 +75,7 @@ def atomic_file(path: str | Path):
     """Yield a temp path beside `path` that replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path.parent)
     tmp = _tmp_name(path)
     try:
         yield tmp
@@ -49,6 +100,7 @@ def atomic_dir(path: str | Path):
     replacing an existing `path` (moved aside first, so a reader never sees a mix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path.parent)
     tmp = _tmp_name(path)
     tmp.mkdir()
     try:
@@ -62,3 +114,105 @@ def atomic_dir(path: str | Path):
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lock_for(path: str | Path) -> FileLock:
+    """The lock that guards `path`: a hidden sibling file. The OS releases it when its holder
+    dies, so a killed job never blocks a later one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.with_name(f".{path.name}.lock"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict:
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        size = f.stat().st_size
+        files[str(f.relative_to(folder))] = {
+            "size": size, "sha256": _sha256(f) if size <= CHECKSUM_LIMIT else None}
+    return files
+
+
+def entry_problem(folder: str | Path) -> str | None:
+    """None if `folder` is a complete cache entry; else what is wrong with it ('missing' when
+    there is none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "missing"
+    try:
+        files = json.loads((folder / MARKER).read_text())["files"]
+    except FileNotFoundError:
+        return "no completion marker"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable completion marker"
+    for rel, want in files.items():
+        f = folder / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{rel} has {size} bytes, {want['size']} expected"
+        if want.get("sha256") and _sha256(f) != want["sha256"]:
+            return f"{rel} fails its checksum"
+    return None
+
+
+def _secondary_rank() -> bool:
+    # the env names Lightning reads for a process's rank (its launcher, torchrun, SLURM)
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name]) > 0
+    return False
+
+
+def build_once(folder: str | Path, build: Callable[[Path], None], collective: bool = False) -> bool:
+    """Make sure `folder` is a complete cache entry: if it is not, `build(tmp)` fills a temp
+    folder under the entry's lock, the manifest (sizes, checksums) goes in last and the folder
+    is renamed into place. Jobs that wait for the lock reuse what the first one built. A
+    corrupt entry (a file truncated or changed since) is reported in one line and rebuilt.
+    Returns whether this call built it.
+
+    `collective`: the build runs a distributed fit; the secondary ranks of that job build
+    alongside rank 0 (it holds the lock and publishes), without the lock they would wait on.
+    """
+    folder = Path(folder)
+    if entry_problem(folder) is None:
+        return False
+    if collective and _secondary_rank():
+        tmp = _tmp_name(folder)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    lock = lock_for(folder)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[capgap] waiting for another job building cache entry {folder}", flush=True)
+        lock.acquire()
+    try:
+        problem = entry_problem(folder)
+        if problem is None:  # another job built it while this one waited
+            return False
+        if problem != "missing":
+            print(f"capgap: warning: cache entry {folder} is corrupt ({problem}); rebuilding",
+                  file=sys.stderr, flush=True)
+        print(f"[capgap] building cache entry {folder}", flush=True)
+        start = time.perf_counter()
+        with atomic_dir(folder) as tmp:
+            build(tmp)
+            (tmp / MARKER).write_text(json.dumps({"files": _manifest(tmp)}, indent=1))
+        print(f"[capgap] built cache entry {folder} in {time.perf_counter() - start:.1f}s", flush=True)
+    finally:
+        lock.release()
+    return True

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from capgap import training
-from capgap.atomic import atomic_dir
+from capgap.atomic import build_once
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
 from capgap.lm_module import CausalLMModule
@@ -41,27 +41,33 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
 
 
 def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
-    """(model, tokenizer) of a micro teacher, pretraining it first if it is not cached."""
+    """(model, tokenizer) of a micro teacher, pretraining it first if it is not cached. Jobs
+    that ask for it at once wait for the first one's pretraining and then load its result."""
     tokenizer = micro_tokenizer(model_cfg, cfg)
     folder = cache_folder(model_cfg, cfg, tokenizer)
-    if (folder / "model" / "config.json").is_file():
-        return load_local(folder / "model", key=f"cached teacher {folder}")
-    announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded corpus "
-                            "(once; cached)")
-    torch.manual_seed(cfg.pretrain.seed)
-    config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
-    config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-    model = build_from_config(model_cfg.arch, config)
-    run_dir = Path(run_dir or folder / "logs")
-    model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
-                              run_dir, folder / "ckpt", cfg.get("logger"))
-    with atomic_dir(folder / "model") as tmp:
+    made = {}
+
+    def build(tmp: Path):
+        announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded "
+                                "corpus (once; cached)")
+        torch.manual_seed(cfg.pretrain.seed)
+        config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
+        config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+        model = build_from_config(model_cfg.arch, config)
+        # a killed pretraining resumes from folder/ckpt on the next run (under the same lock)
+        model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
+                                  Path(run_dir or folder / "logs"), folder / "ckpt", cfg.get("logger"))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
-    shutil.rmtree(folder / "ckpt", ignore_errors=True)
-    return model.eval(), tokenizer
+        made["model"] = model
+
+    if build_once(folder / "model", build, collective=True):
+        shutil.rmtree(folder / "ckpt", ignore_errors=True)
+        if "model" in made:
+            return made["model"].eval(), tokenizer
+    return load_local(folder / "model", key=f"cached teacher {folder}")
 
 
 def load_teacher(model_cfg, cfg):

@@ -17,7 +17,7 @@ from capgap.law.sizes import parse_size
 from capgap.models.params import count_params
 from capgap.prune.plan import make_plan
 from capgap.prune.pruner_module import PrunerModule
-from capgap.prune.scores import block_influence, cache_path, get_scores, load_scores
+from capgap.prune.scores import block_influence, cache_path, cached_scores, get_scores
 from capgap.prune.slicing import load_pruned, slice_model
 from capgap.run_id import teacher_id
 from capgap.scratch import scratch_model
@@ -55,8 +55,11 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
     path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches,
                       root=cfg.paths.cache_dir)
-    if path.is_file():
-        return load_scores(path)
+    return cached_scores(path, lambda: _score(cfg, teacher, tokenizer))
+
+
+def _score(cfg, teacher, tokenizer):
+    p = cfg.prune
     dm = scoring_data(cfg, tokenizer)
     if len(dm.train_dataloader()) < p.n_batches:
         raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
@@ -65,7 +68,7 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     # under DDP the N batches are shared out over the ranks (their means are averaged), so
     # the scores and their cache entry do not depend on the number of devices
     per_rank = math.ceil(p.n_batches / world_size(cfg.trainer))
-    module = PrunerModule(teacher, n_batches=per_rank, cache_path=path)
+    module = PrunerModule(teacher, n_batches=per_rank)  # the cache entry saves them, not the module
     # no weight moves, so nothing to clip, accumulate, checkpoint or validate; the teacher
     # stays on the device for the passes that follow
     trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=per_rank, logger=False,

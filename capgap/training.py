@@ -17,13 +17,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from capgap.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
                            uses_cuda, world_size)
 from capgap.errors import CapgapError
+from capgap.progress import StageBar
+from capgap.resume import AtomicCheckpointIO, RNGState
 
 CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
 # null in conf/trainer means Lightning's default; null rather than the default's value keeps
 # the config hash (the store's identity of a run) of every run made before these keys existed
 NULL_IS_DEFAULT = ("num_nodes", "strategy", "accumulate_grad_batches")
-
-from capgap.progress import StageBar
 
 
 def resolve_precision(precision) -> str:
@@ -107,16 +107,23 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
                                  every_n_train_steps=trainer_cfg.get("checkpoint_every", 200))
     logger = instantiate(logger_cfg, save_dir=str(run_dir)) if logger_cfg else False
     accum = int(trainer_cfg.get("accumulate_grad_batches", 1) or 1)
+    world = world_size(trainer_cfg)
     # Lightning counts val_check_interval in micro-batches of one process, and refuses one
-    # longer than an epoch; short runs still evaluate at their end
-    batches = max(1, len(datamodule.train_dataloader()) // world_size(trainer_cfg))
+    # longer than an epoch (under DDP its DistributedSampler makes an epoch one pass of the
+    # corpus); short runs still evaluate at their end
+    datamodule.train_steps = None  # a length query: one pass of the corpus
+    batches = max(1, len(datamodule.train_dataloader()) // world)
     interval = trainer_cfg.get("val_check_interval")
     interval = min(interval * accum if interval else batches, batches, max_steps * accum)
+    # then the loader yields exactly this run's micro-batches: one epoch, so a resume never
+    # meets an epoch end (exact on one process; DDP's sampler brings epochs back)
+    datamodule.train_steps = max_steps * accum * world
     module.flops_per_batch = module.flops_per_token() * datamodule.tokens_per_batch
     log_every = int(trainer_cfg.get("log_every_n_steps", 10) or 10)
     trainer = build_trainer(trainer_cfg, max_steps=max_steps, max_epochs=-1, val_check_interval=interval,
-                            logger=logger, default_root_dir=str(run_dir),
-                            callbacks=[checkpoint, throughput_monitor(log_every * accum), *extra_callbacks])
+                            logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+                            callbacks=[checkpoint, RNGState(), throughput_monitor(log_every * accum),
+                                       *extra_callbacks])
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     # the periodic evaluation sees a fixed prefix; the final figure uses every validation block

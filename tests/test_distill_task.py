@@ -1,12 +1,11 @@
 """task=distill end to end on a tiny teacher and a small local corpus: metrics and student in
-the run dir, resume after a kill, NaN stops without metrics, a vocabulary mismatch is one line."""
+the run dir, resume after a kill (exactness and SIGKILL: test_resume.py), NaN stops without
+metrics, a vocabulary mismatch is one line."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -145,30 +144,6 @@ def test_different_vocabularies_exit_2_with_one_line(tiny_setup, tmp_path):
     lines = [l for l in p.stderr.splitlines() if "error" in l.lower() or "Traceback" in l]
     assert len(lines) == 1 and f"has {n} tokens but the student's has {n + 8}" in lines[0], p.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
-
-
-@pytest.mark.slow
-def test_run_py_killed_by_sigkill_resumes(tiny_setup, tmp_path):
-    """The real thing: `python run.py ...` killed with SIGKILL after its first checkpoint,
-    then the same command again ends at the same final step."""
-    root, corpus = tiny_setup
-    env = {**os.environ, "CAPGAP_CACHE": str(tmp_path / "cache")}
-    tokens = f"distill.tokens={40 * 4 * 16}"
-    first = subprocess.Popen([sys.executable, "run.py", *cli(root, corpus, tmp_path / "a", tokens)],
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "cache" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(ckpts.glob("*/last.ckpt")) and first.poll() is None:
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert list(ckpts.glob("*/last.ckpt")), "no checkpoint before the kill"
-    assert not (tmp_path / "a" / "metrics.json").exists()
-    p = subprocess.run([sys.executable, "run.py", *cli(root, corpus, tmp_path / "b", tokens)],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["resumed"] and m["steps"] == 40
 
 
 def test_intermediate_matching_through_the_task(tiny_setup, tmp_path):

@@ -114,7 +114,7 @@ def test_generated_set_is_cached_and_a_second_run_samples_nothing(tiny_setup, tm
     cfg = config(root, corpus, tmp_path / "b", *args)
     second = run_task(cfg)
     assert not second["transfer_generated"] and len(calls) == 1
-    cached = list((Path(cfg.paths.cache_dir) / "transfer").glob("*.pt"))
+    cached = list((Path(cfg.paths.cache_dir) / "transfer").glob("*/blocks.pt"))
     assert cached and torch.equal(torch.load(cached[0]), generated)
 
 

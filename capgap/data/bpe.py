@@ -8,25 +8,26 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from capgap.atomic import atomic_dir
+from capgap.atomic import build_once
 from capgap.data import sources
 
 EOS = "<|endoftext|>"
 
 
+def _train(data_cfg, vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(sources.documents(data_cfg), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
+                                   unk_token=EOS, pad_token=EOS)
+
+
 def train_bpe(data_cfg, vocab_size: int, cache_dir: str | Path) -> PreTrainedTokenizerFast:
     key = hashlib.sha256(f"{sources.source_id(data_cfg)}|{vocab_size}".encode()).hexdigest()[:16]
     out = Path(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{key}"
-    if not (out / "tokenizer.json").is_file():
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
-        tok.train_from_iterator(sources.documents(data_cfg), trainer=trainer)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
-                                       unk_token=EOS, pad_token=EOS)
-        with atomic_dir(out) as tmp:
-            fast.save_pretrained(tmp)
+    build_once(out, lambda tmp: _train(data_cfg, vocab_size).save_pretrained(tmp))
     return PreTrainedTokenizerFast.from_pretrained(out)

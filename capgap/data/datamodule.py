@@ -1,16 +1,29 @@
-"""The LightningDataModule every task trains and evaluates on."""
+"""The LightningDataModule every task trains and evaluates on.
+
+Training batches come from torchdata's StatefulDataLoader, whose state Lightning stores in the
+checkpoint, so a resumed run continues the data order where it stopped instead of replaying
+an epoch. A fit sets `train_steps`: the loader then yields exactly that many batches, drawn
+as successive shuffles of the blocks (RandomSampler with num_samples), so a whole run is one
+Lightning epoch. Lightning's resume at an epoch boundary restarts the sampler's epoch wrongly;
+with no boundary inside a run there is nothing to get wrong.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from capgap.data import token_cache
 from capgap.data.blocks import PackedBlocks
 from capgap.errors import CapgapError
+
+# torchdata 0.11 calls a torch API that newer torch deprecates, once per epoch: noise in every log
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 class CorpusDataModule(L.LightningDataModule):
@@ -27,6 +40,7 @@ class CorpusDataModule(L.LightningDataModule):
         # a transfer set chosen after setup (capgap.data.transfer); Lightning calls setup again
         # at fit, which must not bring the plain corpus blocks back
         self.train_override = None
+        self.train_steps: int | None = None  # batches one fit draws (training.fit sets it)
 
     def prepare_data(self):
         self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
@@ -53,10 +67,15 @@ class CorpusDataModule(L.LightningDataModule):
         return self.batch_size * self.block_size
 
     def train_dataloader(self):
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          drop_last=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        # without train_steps (a length query, scoring): one shuffle of the blocks
+        samples = self.train_steps * self.batch_size if self.train_steps else len(self.train_set)
+        sampler = RandomSampler(self.train_set, num_samples=samples,
+                                generator=torch.Generator().manual_seed(self.seed))
+        # the loader's own generator seeds workers; without one it would draw from the global RNG
+        return StatefulDataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                                  drop_last=True, num_workers=self.num_workers,
+                                  generator=torch.Generator().manual_seed(self.seed),
+                                  persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         val = self.val_set
@@ -64,4 +83,7 @@ class CorpusDataModule(L.LightningDataModule):
             # a fixed prefix of the validation blocks keeps periodic evaluation cheap and comparable
             n = min(len(val), self.eval_batches * self.batch_size)
             val = torch.utils.data.Subset(val, range(n))
-        return DataLoader(val, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        # a generator of its own: a periodic evaluation must not move the global RNG that
+        # dropout reads, or a run resumed past one would diverge from an uninterrupted run
+        return DataLoader(val, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))

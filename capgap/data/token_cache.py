@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from capgap.atomic import atomic_dir
+from capgap.atomic import build_once
 from capgap.data import sources
 from capgap.errors import CapgapError
 from capgap.terminal import announce
@@ -44,53 +44,55 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
     if tokenizer.eos_token_id is None:
         raise CapgapError("the tokenizer has no EOS token; documents cannot be separated")
     out = Path(cache_dir) / "tokens" / cache_key(tokenizer, data_cfg)
-    if (out / "meta.json").is_file():
-        return out, False
+    return out, build_once(out, lambda tmp: _tokenize(tokenizer, data_cfg, tmp))
+
+
+def _tokenize(tokenizer, data_cfg, tmp: Path) -> None:
+    """Write train.bin, val.bin and meta.json into `tmp`."""
     where = data_cfg.get("path") or data_cfg.get("name") or data_cfg.kind
     announce("tokenizing", f"{where} with a {len(tokenizer):,}-token vocabulary (once; cached)")
     dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
     max_tokens = data_cfg.get("max_tokens")
-    with atomic_dir(out) as tmp:  # a crash mid-way leaves no entry, only a temp folder
-        with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
-            files = {"train": ftrain, "val": fval}
-            batch: list[str] = []
-            bar = tqdm(desc="tokenizing", unit="doc", dynamic_ncols=True, disable=None)  # None: no bar in logs
+    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+        files = {"train": ftrain, "val": fval}
+        batch: list[str] = []
+        bar = tqdm(desc="tokenizing", unit="doc", dynamic_ncols=True, disable=None)  # None: no bar in logs
 
-            def flush():
-                encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
-                for doc, ids in zip(batch, encoded):
-                    split = "val" if is_validation(doc, data_cfg.val_fraction) else "train"
-                    files[split].write(np.asarray(ids + [tokenizer.eos_token_id], dtype=dtype).tobytes())
-                    counts[split] += len(ids) + 1
-                    docs[split] += 1
-                bar.update(len(batch))
-                bar.set_postfix(tokens=counts["train"] + counts["val"])
-                batch.clear()
+        def flush():
+            encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+            for doc, ids in zip(batch, encoded):
+                split = "val" if is_validation(doc, data_cfg.val_fraction) else "train"
+                files[split].write(np.asarray(ids + [tokenizer.eos_token_id], dtype=dtype).tobytes())
+                counts[split] += len(ids) + 1
+                docs[split] += 1
+            bar.update(len(batch))
+            bar.set_postfix(tokens=counts["train"] + counts["val"])
+            batch.clear()
 
-            for doc in sources.documents(data_cfg):
-                if doc and doc.strip():
-                    batch.append(doc)
-                if len(batch) >= BATCH_DOCS:
-                    flush()
-                    if max_tokens and counts["train"] + counts["val"] >= max_tokens:
-                        break
-            if batch:
+        for doc in sources.documents(data_cfg):
+            if doc and doc.strip():
+                batch.append(doc)
+            if len(batch) >= BATCH_DOCS:
                 flush()
-            bar.close()
-        if counts["train"] + counts["val"] == 0:
-            raise CapgapError(f"data.path={where}: empty corpus, no text to tokenize")
-        if counts["val"] == 0 or counts["train"] == 0:
-            raise CapgapError(
-                f"data.path={where}: {docs['train'] + docs['val']} document(s) cannot be split "
-                f"into train and validation with data.val_fraction={data_cfg.val_fraction}; "
-                "give more documents or change the fraction")
-        meta = {"dtype": np.dtype(dtype).name, "eos_token_id": tokenizer.eos_token_id,
-                "tokens": counts, "documents": docs, "source": sources.source_id(data_cfg),
-                "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    return out, True
+                if max_tokens and counts["train"] + counts["val"] >= max_tokens:
+                    break
+        if batch:
+            flush()
+        bar.close()
+    where = data_cfg.get("path") or data_cfg.get("name") or data_cfg.kind
+    if counts["train"] + counts["val"] == 0:
+        raise CapgapError(f"data.path={where}: empty corpus, no text to tokenize")
+    if counts["val"] == 0 or counts["train"] == 0:
+        raise CapgapError(
+            f"data.path={where}: {docs['train'] + docs['val']} document(s) cannot be split "
+            f"into train and validation with data.val_fraction={data_cfg.val_fraction}; "
+            "give more documents or change the fraction")
+    meta = {"dtype": np.dtype(dtype).name, "eos_token_id": tokenizer.eos_token_id,
+            "tokens": counts, "documents": docs, "source": sources.source_id(data_cfg),
+            "tokenizer": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer)}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:

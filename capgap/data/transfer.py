@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from capgap.atomic import atomic_file
+from capgap.atomic import build_once
 from capgap.data.blocks import IGNORE
 from capgap.errors import CapgapError
 
@@ -109,17 +109,21 @@ def generate_blocks(model, dataset, n: int, prompt_tokens: int, block_size: int,
 
 def generated_path(cache_dir, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / "transfer" / f"{digest}.pt"
+    return Path(cache_dir) / "transfer" / digest / "blocks.pt"
 
 
 def cached_blocks(path: Path, make) -> tuple[torch.Tensor, bool]:
-    """(blocks, made): load `path`, or call make() and save it atomically."""
-    if path.is_file():
-        return torch.load(path, weights_only=True), False
-    blocks = make()
-    with atomic_file(path) as tmp:
-        torch.save(blocks, tmp)
-    return blocks, True
+    """(blocks, made): the cache entry of `path`, made by make() once under its lock (jobs
+    that ask at once wait for the first one's sampling and reuse it)."""
+    made = {}
+
+    def build(tmp: Path):
+        made["blocks"] = make()
+        torch.save(made["blocks"], tmp / path.name)
+
+    built = build_once(path.parent, build)
+    blocks = made["blocks"] if "blocks" in made else torch.load(path, weights_only=True)
+    return blocks, built
 
 
 def strategy(d) -> dict:

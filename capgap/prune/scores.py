@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from capgap.atomic import atomic_file
+from capgap.atomic import atomic_file, build_once
 from capgap.cache import default_cache_dir
 from capgap.distill.chunked import lm_loss
 from capgap.errors import CapgapError
@@ -167,11 +167,12 @@ def block_influence(model, batches, n_batches: int) -> torch.Tensor:
 
 def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "expressiveness",
                root=None) -> Path:
-    """`root`: the run's paths.cache_dir; without one, CAPGAP_CACHE or ~/.cache/capgap."""
+    """The scores file of a cache entry (a folder with its completion marker).
+    `root`: the run's paths.cache_dir; without one, CAPGAP_CACHE or ~/.cache/capgap."""
     key = json.dumps({"teacher": teacher_id, "data": data_id, "n_batches": n_batches, "method": method},
                      sort_keys=True)
     root = Path(root or default_cache_dir())
-    return root / "scores" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    return root / "scores" / hashlib.sha256(key.encode()).hexdigest()[:16] / "scores.pt"
 
 
 def save_scores(scores: Scores, path: Path) -> None:
@@ -181,6 +182,20 @@ def save_scores(scores: Scores, path: Path) -> None:
 
 def load_scores(path: Path) -> Scores:
     return Scores(**torch.load(path, weights_only=True))
+
+
+def cached_scores(path: Path, compute) -> Scores:
+    """Scores from the cache entry of `path`, computing them (`compute()`) once under its lock:
+    jobs that ask at once wait for the first one's scoring and reuse it."""
+    made = {}
+
+    def build(tmp: Path):
+        made["scores"] = compute()
+        torch.save(made["scores"].to_dict(), tmp / path.name)
+
+    # collective: under DDP every rank scores its share; rank 0 publishes
+    build_once(path.parent, build, collective=True)
+    return made.get("scores") or load_scores(path)
 
 
 def get_scores(model, batches=None, *, method: str = "expressiveness", teacher_id: str = "",
@@ -195,9 +210,4 @@ def get_scores(model, batches=None, *, method: str = "expressiveness", teacher_i
     if n_batches < 1:
         raise CapgapError(f"prune.n_batches={n_batches} must be at least 1")
     path = cache_path(teacher_id, data_id, n_batches)
-    if path.is_file():
-        return load_scores(path)
-    scores = expressiveness(model, batches, n_batches)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        save_scores(scores, path)
-    return scores
+    return cached_scores(path, lambda: expressiveness(model, batches, n_batches))

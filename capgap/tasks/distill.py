@@ -24,6 +24,7 @@ from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
 from capgap.run_id import config_hash, teacher_id
 from capgap.student import make_student, size_info
+from capgap.resume import claim
 from capgap.tasks.prune import save_student
 from capgap import training
 from capgap.terminal import announce, report
@@ -60,6 +61,11 @@ def token_budget(d, student_params: int | None) -> int:
 def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
     student exists (task=study adds the one that writes the store)."""
+    with claim(checkpoint_dir(cfg)):  # one job per checkpoint folder, for the whole run
+        return _run(cfg, run_dir, callbacks)
+
+
+def _run(cfg, run_dir, callbacks) -> dict:
     start = time.perf_counter()
     d = cfg.distill
     ckpt_dir = checkpoint_dir(cfg)
@@ -102,7 +108,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
     steps = training.steps_for(tokens, dm.tokens_per_batch, cfg.trainer)
     announce("distilling", f"{info['student_params']:,}-parameter student from {cfg.teacher.name} "
-                           f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * per_step:,} tokens")
+                           f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * per_step:,} tokens; "
+                           f"resumable checkpoints in {ckpt_dir}{' (resuming)' if resumed else ''}")
     module = from_config(student, source, d, steps, log_every=log_every)
     # DDP ranks > 0 run this same job: only rank 0 writes the store
     extra = [make(info, per_step) for make in callbacks] if is_rank_zero() else []
