@@ -209,8 +209,8 @@ def _solve(model, widths, target: int, measure: str, n_groups: int, tolerance: f
 
     full = count(0.0, 0.0, 0.0)
     if full < target and len(best[1]["layers"]) < len(adapter_for(model).layers()):
-        raise CapgapError(f"the {len(best[1]['layers'])} layers left after prune.drop_layers hold {full:,} "
-                          f"{measure} parameters at full width, fewer than the target {target:,}")
+        raise CapgapError(f"the layers left after prune.drop_layers hold {full:,} {measure} parameters "
+                          f"at full width, fewer than the target {target:,}: drop fewer layers")
 
     def bisect(f):  # f falls as its argument grows; 24 halvings reach any rounding step
         lo, hi = 0.0, 0.999
