@@ -15,9 +15,10 @@ from capgap.data.token_cache import cache_key
 from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
 from capgap.models.params import count_params
-from capgap.prune.plan import make_plan
+from capgap.prune.masks import PLACEMENT
+from capgap.prune.planner import make_plan
 from capgap.prune.pruner_module import PrunerModule
-from capgap.prune.scores import block_influence, cache_path, cached_scores, get_scores
+from capgap.prune.scores import baseline_scores, block_influence, cache_path, cached_scores
 from capgap.prune.slicing import load_pruned, slice_model
 from capgap.run_id import teacher_id
 from capgap.scratch import scratch_model
@@ -48,13 +49,19 @@ def scoring_data(cfg, tokenizer) -> CorpusDataModule:
 def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     """Expressiveness scores through PrunerModule (cached per teacher, data and N); the
     baselines need no data. `teacher_key` names a teacher that is not cfg.teacher (a chain's
-    assistant), so its scores get their own cache entry."""
+    assistant), so its scores get their own cache entry.
+
+    PrunerModule is the one way expressiveness scores are made: the Trainer already places
+    the teacher on the device, runs it in the configured precision and under DDP across
+    ranks, and shows a progress bar; a plain loop would redo each of those."""
     p = cfg.prune
     if p.method != "expressiveness":
-        return get_scores(teacher, method=p.method, seed=cfg.seed)
+        return baseline_scores(teacher, p.method, cfg.seed)
+    if p.n_batches < 1:
+        raise CapgapError(f"prune.n_batches={p.n_batches} must be at least 1")
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
     path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches,
-                      root=cfg.paths.cache_dir)
+                      method=f"expressiveness/{PLACEMENT}", root=cfg.paths.cache_dir)
     return cached_scores(path, lambda: _score(cfg, teacher, tokenizer))
 
 

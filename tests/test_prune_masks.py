@@ -5,10 +5,10 @@ import torch
 
 from capgap.models.adapters import adapter_for
 from capgap.prune.masks import Masks, applied
-from capgap.prune.plan import make_plan
+from capgap.prune.planner import make_plan
 from capgap.prune.scores import random_scores
 from capgap.prune.slicing import slice_model
-from prune_helpers import logits
+from prune_helpers import logits, masked
 
 X = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
 
@@ -16,8 +16,8 @@ X = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
 def test_masks_at_one_change_nothing(tiny_model):
     a = adapter_for(tiny_model)
     with applied(Masks(a), a):
-        masked = logits(tiny_model, X)
-    assert torch.equal(masked, logits(tiny_model, X))
+        out = logits(tiny_model, X)
+    assert torch.equal(out, logits(tiny_model, X))
 
 
 @pytest.mark.parametrize("ranking", ["global", "uniform"])
@@ -25,11 +25,11 @@ def test_masks_at_one_change_nothing(tiny_model):
 def test_masked_equals_sliced(tiny_model, ranking, sparsity):
     a = adapter_for(tiny_model)
     plan = make_plan(tiny_model, random_scores(tiny_model, seed=3), sparsity=sparsity, ranking=ranking)
-    with applied(Masks.from_plan(a, plan), a):
-        masked = logits(tiny_model, X)
+    with masked(tiny_model, plan):
+        cut = logits(tiny_model, X)
     student = slice_model(tiny_model, plan)
-    assert (masked - logits(student, X)).abs().max() <= 1e-4
-    assert not torch.allclose(masked, logits(tiny_model, X))  # the cut did something
+    assert (cut - logits(student, X)).abs().max() <= 1e-4
+    assert not torch.allclose(cut, logits(tiny_model, X))  # the cut did something
     # really smaller tensors, and the teacher untouched
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in tiny_model.parameters())
     assert tiny_model.config.hidden_size == a.hidden
@@ -37,12 +37,11 @@ def test_masked_equals_sliced(tiny_model, ranking, sparsity):
 
 def test_hidden_masking_respects_layernorm_statistics(tiny_model):
     """Only hidden dims cut: the case where a norm over all dims would differ."""
-    a = adapter_for(tiny_model)
     plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.0)
     plan.hidden = plan.hidden[::2]
-    with applied(Masks.from_plan(a, plan), a):
-        masked = logits(tiny_model, X)
-    assert (masked - logits(slice_model(tiny_model, plan), X)).abs().max() <= 1e-4
+    with masked(tiny_model, plan):
+        cut = logits(tiny_model, X)
+    assert (cut - logits(slice_model(tiny_model, plan), X)).abs().max() <= 1e-4
 
 
 def test_dropped_layers_equal_identity_layers(tiny_model):
@@ -65,8 +64,8 @@ def test_sequential_residual_gpt_neox():
     from conftest import tiny_gpt_neox
     torch.manual_seed(0)
     model = tiny_gpt_neox(use_parallel_residual=False)
-    a = adapter_for(model)
+    assert adapter_for(model).mid_norm(model.gpt_neox.layers[0]) is not None  # two adds: masked after each
     plan = make_plan(model, random_scores(model), sparsity=0.5)
-    with applied(Masks.from_plan(a, plan), a):
-        masked = logits(model, X)
-    assert (masked - logits(slice_model(model, plan), X)).abs().max() <= 1e-4
+    with masked(model, plan):
+        cut = logits(model, X)
+    assert (cut - logits(slice_model(model, plan), X)).abs().max() <= 1e-4

@@ -1,12 +1,14 @@
 """Students on disk: uniform ones load with stock transformers, the rest with load_pruned."""
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from capgap.errors import CapgapError
 from capgap.prune import load_pruned
-from capgap.prune.plan import make_plan
+from capgap.prune.planner import make_plan
 from capgap.prune.scores import random_scores
 from capgap.prune.slicing import PLAN_FILE, is_uniform, save_pruned, slice_model
 from capgap.prune.summary import summary
@@ -24,6 +26,22 @@ def test_uniform_student_reloads_with_plain_transformers(tiny_model, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
     assert torch.equal(logits(reloaded, X), logits(student, X))
     assert reloaded.config.hidden_size == len(plan.hidden)
+
+
+def test_minima_student_is_a_stock_checkpoint(tiny_model, tmp_path):
+    """prune=minima: one uniform shape, the bottom and top layers dropped, plain HF on disk."""
+    cfg = copy.deepcopy(tiny_model.config)
+    cfg.num_hidden_layers = 4
+    torch.manual_seed(0)
+    teacher = type(tiny_model)(cfg).eval()
+    plan = make_plan(teacher, random_scores(teacher), sparsity=0.6, ranking="uniform", layer_drop="minima",
+                     drop_layers=2)
+    assert plan.layers == [1, 2]
+    student = slice_model(teacher, plan)
+    save_pruned(student, plan, tmp_path / "student")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert reloaded.config.num_hidden_layers == 2 and reloaded.config.hidden_size == len(plan.hidden)
+    assert torch.equal(logits(reloaded, X), logits(student, X))
 
 
 def test_non_uniform_student_reloads_with_load_pruned(tiny_model, tmp_path):

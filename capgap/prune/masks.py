@@ -1,22 +1,28 @@
-"""Pruning masks ξ (head groups), ν (FFN neurons), μ (hidden dims), applied by hooks.
+"""Pruning masks ξ (head groups), ν (FFN neurons), μ (hidden dims), hooked in where MiniMA puts them.
 
 All masks start at one and are differentiable leaves, so |∂L/∂mask| at one is the
-expressiveness score. Zeroing entries per a plan gives a model whose logits equal the
-sliced student's, which is how slicing is tested. Hooks, not edited HF source, so any
-attention implementation (sdpa, eager, flash) works unchanged.
+expressiveness score. μ sits where MiniMA's modeling_sparsellama.py multiplies its
+hidden_mask: on the embeddings, on each sublayer's output and on the residual stream after
+each residual add, so every norm reads a masked stream. At μ = 1 the forward is bit-identical
+to the model's own; where μ sits changes only its gradient, which is the score. Hooks, not
+edited HF source, so any attention implementation (sdpa, eager, flash) works unchanged.
 """
 
 from contextlib import contextmanager
 
 import torch
 
+# Part of the score cache key: scores made with μ placed elsewhere are other scores
+# (without the masks after each add, hidden scores rank 0.79-0.94 Spearman with these).
+PLACEMENT = "minima"
+
 
 class Masks:
-    def __init__(self, adapter, requires_grad: bool = True):
+    def __init__(self, adapter):
         layers = adapter.layers()
         p = next(adapter.model.parameters())
         # the model's dtype: a fp32 mask would silently upcast bf16 activations
-        ones = lambda *shape: torch.ones(*shape, dtype=p.dtype, device=p.device, requires_grad=requires_grad)
+        ones = lambda *shape: torch.ones(*shape, dtype=p.dtype, device=p.device, requires_grad=True)
         self.heads = ones(len(layers), adapter.n_groups)          # ξ
         self.neurons = ones(len(layers), adapter.n_neurons(layers[0]))  # ν
         self.hidden = ones(adapter.hidden)                       # μ, shared by all layers
@@ -24,19 +30,10 @@ class Masks:
     def tensors(self) -> list[torch.Tensor]:
         return [self.heads, self.neurons, self.hidden]
 
-    @classmethod
-    def from_plan(cls, adapter, plan) -> "Masks":
-        """Ones on what the plan keeps, zeros elsewhere (layer dropping is not maskable)."""
-        if len(plan.layers) != len(adapter.layers()):
-            raise ValueError("masks cannot express dropped layers")
-        m = cls(adapter, requires_grad=False)
-        for t in m.tensors():
-            t.zero_()
-        m.hidden[plan.hidden] = 1
-        for i, (heads, neurons) in enumerate(zip(plan.heads, plan.neurons)):
-            m.heads[i, heads] = 1
-            m.neurons[i, neurons] = 1
-        return m
+
+def _first(out, f):
+    """Apply f to a module's output, or to output[0] where it returns a tuple."""
+    return (f(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else f(out)
 
 
 def _scale_input(mask):
@@ -44,9 +41,29 @@ def _scale_input(mask):
 
 
 def _scale_output(mask):
-    def hook(module, args, out):
-        return (out[0] * mask,) + tuple(out[1:]) if isinstance(out, tuple) else out * mask
-    return hook
+    return lambda module, args, out: _first(out, lambda y: y * mask)
+
+
+def _mask_both_adds(layer, mid_norm, mu) -> list:
+    """μ after each of a sequential block's two adds, s' = (s + a)·μ and s'' = (s' + m)·μ.
+
+    The HF block keeps the first sum t = s + a in a local variable no hook can reach; its
+    readers are `mid_norm` and the second add. So the norm's pre-hook records t and feeds it
+    t·μ, and the block's output hook adds the t·(μ − 1) the second add missed before the last
+    μ: (t + m + t·(μ − 1))·μ = (t·μ + m)·μ, MiniMA's value and gradient. At μ = 1 the
+    correction is an exact zero, so the forward stays bit-identical.
+    """
+    first_sum = []
+
+    def record(module, args):
+        first_sum.append(args[0])
+        return (args[0] * mu,) + args[1:]
+
+    def correct(module, args, out):
+        t = first_sum.pop()
+        return _first(out, lambda y: (y + t * (mu - 1)) * mu)
+
+    return [mid_norm.register_forward_pre_hook(record), layer.register_forward_hook(correct)]
 
 
 @contextmanager
@@ -56,31 +73,22 @@ def applied(masks: Masks, adapter):
     mu = masks.hidden
     handles = []
     for i, layer in enumerate(adapter.layers()):
-        # ξ scales each group's slice of the attention output projection's input,
-        # which is exactly the group's contribution to the residual
+        # ξ scales each group's slice of the attention output projection's input, which is
+        # the group's whole contribution (MiniMA scales the group's attention probabilities:
+        # the same product, one matmul earlier)
         xi = masks.heads[i].repeat_interleave(width)
         handles.append(adapter.attn_out(layer).register_forward_pre_hook(_scale_input(xi)))
         # ν on act(gate)·up (or act(fc)), the input of the down projection
         handles.append(adapter.ffn_out(layer).register_forward_pre_hook(_scale_input(masks.neurons[i])))
         for sub in (adapter.attn(layer), adapter.mlp(layer)):
             handles.append(sub.register_forward_hook(_scale_output(mu)))
+        mid_norm = adapter.mid_norm(layer)
+        if mid_norm is None:  # one add per block (parallel residual): its output is the stream after it
+            handles.append(layer.register_forward_hook(_scale_output(mu)))
+        else:
+            handles += _mask_both_adds(layer, mid_norm, mu)
     for emb in adapter.embeddings():
         handles.append(emb.register_forward_hook(_scale_output(mu)))
-
-    # μ zeroes pruned dims of the residual stream, but a norm over all D dims would still
-    # divide by D (and LayerNorm would subtract a mean that counts the zeros), so the masked
-    # model would differ from the sliced one whose norms see only the kept dims. Where μ has
-    # zeros, recompute each norm over the kept dims only and leave the pruned dims at zero;
-    # this is exact, not an approximation. Where μ is all nonzero (scoring, μ = 1) the stock
-    # norm runs untouched, so the unmasked model is bit-identical to the original.
-    kept = (mu != 0).nonzero().squeeze(1)
-    if len(kept) < len(mu):
-        def norm_hook(module, args, out):
-            y = out.new_zeros(out.shape)
-            y[..., kept] = adapter.norm(module, args[0][..., kept], kept)
-            return y
-        for norm in adapter.norms():
-            handles.append(norm.register_forward_hook(norm_hook))
     try:
         yield masks
     finally:

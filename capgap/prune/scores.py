@@ -8,7 +8,6 @@ ranking. One scoring serves every sparsity of a teacher: it is cached under
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,23 +53,10 @@ def _lm_inputs(batch: dict, device) -> dict:
     return {k: batch[k].to(device) for k in keys if batch.get(k) is not None}
 
 
-@contextmanager
-def frozen(model):
-    """No weight gets a gradient (or moves) while scoring; restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 class ScoreAccumulator:
     """Masks hooked into the model and running sums of |∂L/∂mask|, one batch at a time.
 
-    Split into loss() and collect() so a LightningModule can do the backward in between.
+    Split into loss() and collect() so PrunerModule can do the backward in between.
     """
 
     def __init__(self, model):
@@ -101,18 +87,6 @@ class ScoreAccumulator:
                 dist.all_reduce(t)
                 t /= dist.get_world_size()
         return _scores("expressiveness", *[t.cpu() for t in mean])
-
-
-def expressiveness(model, batches, n_batches: int) -> Scores:
-    """Score without Lightning: N forward/backward passes of the teacher's LM loss."""
-    acc = ScoreAccumulator(model)
-    with frozen(model):
-        for _, batch in zip(range(n_batches), batches):
-            acc.loss(batch).backward()
-            acc.collect()
-    if acc.batches < n_batches:
-        raise CapgapError(f"prune.n_batches={n_batches} but the data gave only {acc.batches} batches")
-    return acc.result()
 
 
 def random_scores(model, seed: int = 0) -> Scores:
@@ -198,16 +172,11 @@ def cached_scores(path: Path, compute) -> Scores:
     return made.get("scores") or load_scores(path)
 
 
-def get_scores(model, batches=None, *, method: str = "expressiveness", teacher_id: str = "",
-               data_id: str = "", n_batches: int = 0, seed: int = 0) -> Scores:
-    """Scores for pruning `model`; expressiveness is computed once per (teacher, data, N)."""
+def baseline_scores(model, method: str, seed: int = 0) -> Scores:
+    """The scores that need no data: the baselines expressiveness must beat. Expressiveness
+    itself is made by PrunerModule (capgap.student.scores_for), its one path."""
     if method == "random":
         return random_scores(model, seed)
     if method == "magnitude":
         return magnitude_scores(model)
-    if method != "expressiveness":
-        raise CapgapError(f"prune.method={method} is not one of {', '.join(METHODS)}")
-    if n_batches < 1:
-        raise CapgapError(f"prune.n_batches={n_batches} must be at least 1")
-    path = cache_path(teacher_id, data_id, n_batches)
-    return cached_scores(path, lambda: expressiveness(model, batches, n_batches))
+    raise CapgapError(f"prune.method={method} is not one of {', '.join(METHODS)}")

@@ -15,7 +15,7 @@ import torch
 from capgap.atomic import atomic_dir
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
-from capgap.prune.plan import Plan, skeleton
+from capgap.prune.plan import Plan
 
 PLAN_FILE = "capgap_plan.json"
 
@@ -28,6 +28,16 @@ def is_uniform(plan: Plan, adapter) -> bool:
     if adapter.attn_width_is_hidden:
         return q_heads * adapter.head_dim == len(plan.hidden)
     return q_heads > 0 and len(plan.hidden) % q_heads == 0  # what HF's config validators demand
+
+
+def skeleton(config):
+    """The teacher's architecture with parameters on the meta device: free to build, slice and count."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # init_empty_weights skips tying; slicing needs to see it
+    return model
 
 
 def slice_model(model, plan: Plan, inplace: bool = False):

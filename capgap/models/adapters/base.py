@@ -9,7 +9,6 @@ removed without changing the attention math of the rest.
 from operator import attrgetter
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -94,8 +93,9 @@ class Adapter:
     # --- where things live: each subclass fills `paths` (dotted attribute names) -------
     # layers, embeddings, final_norm: from the model; the rest: from one decoder layer.
     # embeddings: every embedding added into the residual; layer_norms: every norm in a
-    # layer that reads the residual; attn / mlp: sublayers whose output (attn: output[0])
-    # is added to the residual; attn_in / ffn_in: projections reading the normed residual.
+    # layer that reads the residual; mid_norm: the one that reads the sum after the first of
+    # two residual adds; attn / mlp: sublayers whose output (attn: output[0]) is added to the
+    # residual; attn_in / ffn_in: projections reading the normed residual.
     paths: dict = {}
 
     def _get(self, obj, key):
@@ -110,6 +110,11 @@ class Adapter:
     def norms(self) -> list[nn.Module]:
         per_layer = [attrgetter(p)(l) for l in self.layers() for p in self.paths["layer_norms"]]
         return per_layer + [self._get(self.model, "final_norm")]
+
+    def mid_norm(self, layer) -> nn.Module | None:
+        """The norm reading the residual after the block's first add; None where the block
+        adds attention and MLP in one sum (parallel residual)."""
+        return self._get(layer, "mid_norm")
 
     def attn(self, layer) -> nn.Module:
         return self._get(layer, "attn")
@@ -134,11 +139,6 @@ class Adapter:
 
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
-
-    def norm(self, module: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """The norm's own formula restricted to the kept hidden dims (stats over kept only)."""
-        bias = module.bias[kept] if module.bias is not None else None
-        return F.layer_norm(x, (len(kept),), module.weight[kept], bias, module.eps)
 
     # --- surgery ----------------------------------------------------------------------
     def slice_neurons(self, layer, idx: torch.Tensor) -> None:

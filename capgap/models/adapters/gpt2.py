@@ -9,7 +9,7 @@ class GPT2Adapter(Adapter):
     attn_width_is_hidden = True  # GPT2Attention sizes c_attn and split_size from hidden_size
     intermediate_key = "n_inner"
     paths = dict(layers="transformer.h", embeddings=["transformer.wte", "transformer.wpe"],
-                 final_norm="transformer.ln_f", layer_norms=["ln_1", "ln_2"], attn="attn", mlp="mlp",
+                 final_norm="transformer.ln_f", layer_norms=["ln_1", "ln_2"], mid_norm="ln_2", attn="attn", mlp="mlp",
                  attn_in=["attn.c_attn"], attn_out="attn.c_proj", ffn_in=["mlp.c_fc"], ffn_out="mlp.c_proj")
 
     def slice_heads(self, layer, groups):

@@ -1,13 +1,12 @@
 """LLaMA (and SmolLM2): separate q/k/v, grouped-query attention, RMSNorm, SwiGLU, tied or not."""
 
-import torch
-
 from .base import Adapter, select, units
 
 
 class LlamaAdapter(Adapter):
     paths = dict(layers="model.layers", embeddings=["model.embed_tokens"], final_norm="model.norm",
-                 layer_norms=["input_layernorm", "post_attention_layernorm"], attn="self_attn", mlp="mlp",
+                 layer_norms=["input_layernorm", "post_attention_layernorm"],
+                 mid_norm="post_attention_layernorm", attn="self_attn", mlp="mlp",
                  attn_in=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
                  attn_out="self_attn.o_proj", ffn_in=["mlp.gate_proj", "mlp.up_proj"], ffn_out="mlp.down_proj")
 
@@ -20,12 +19,6 @@ class LlamaAdapter(Adapter):
         select(a.k_proj, "out", units(groups, hd))
         select(a.v_proj, "out", units(groups, hd))
         select(a.o_proj, "in", q)
-
-    def norm(self, module, x, kept):
-        # LlamaRMSNorm's own arithmetic (fp32 statistics), over the kept dims only
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
-        return module.weight[kept] * h.to(x.dtype)
 
     def set_shape(self, groups, neurons):
         self.config.head_dim = self.head_dim  # explicit: hidden_size no longer implies it
