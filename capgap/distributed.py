@@ -41,13 +41,14 @@ def barrier() -> None:
 def one_job_per_rank():
     """Run one Hydra job so that Lightning's DDP children run this job and only this one."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
+    from omegaconf import OmegaConf, read_write
 
-    # a child (or a job under torchrun/SLURM) was started for this job already: nothing to do
-    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:
+    # a child (or a job under torchrun/SLURM) was started for this job already, or no Hydra
+    # job runs (a config composed in-process, whose Hydra node has no runtime): nothing to do
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    if hc is None or "LOCAL_RANK" in os.environ or OmegaConf.select(hc, "runtime.output_dir") is None:
         yield
         return
-    hc = HydraConfig.get()
     argv, run_dir = sys.argv, hc.run.dir
     sys.argv = [argv[0], *hc.overrides.task, "hydra.mode=RUN"]
     with read_write(hc):

@@ -85,3 +85,12 @@ def claim(ckpt_dir: str | Path):
         yield ckpt_dir
     finally:
         lock.release()
+        # a run that stopped before its first checkpoint (bad input) leaves no folder behind:
+        # rmdir removes only empty folders, so a checkpoint or another job's files keep it
+        if ckpt_dir.is_dir() and [f.name for f in ckpt_dir.iterdir()] == [".lock"]:
+            (ckpt_dir / ".lock").unlink(missing_ok=True)
+            for folder in (ckpt_dir, ckpt_dir.parent):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
