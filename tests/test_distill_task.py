@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "the", "and", "of"]
 
 
-@pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
-    """A local corpus and a tiny GPT-NeoX teacher saved with its BPE (vocab ~200)."""
-    root = tmp_path_factory.mktemp("distill")
+def local_teacher(root, **teacher_kw):
+    """A local corpus in `root` and a tiny GPT-NeoX teacher saved there with its BPE (vocab ~200);
+    returns (root, corpus)."""
     g = torch.Generator().manual_seed(0)
     corpus = root / "corpus.jsonl"
     with corpus.open("w") as f:
@@ -40,10 +39,15 @@ def tiny_setup(tmp_path_factory):
     tok = train_bpe(data, 200, root / "bpe")
     torch.manual_seed(0)
     teacher = tiny_gpt_neox(vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                            bos_token_id=tok.eos_token_id)
+                            bos_token_id=tok.eos_token_id, **teacher_kw)
     teacher.save_pretrained(root / "teacher")
     tok.save_pretrained(root / "teacher")
     return root, corpus
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    return local_teacher(tmp_path_factory.mktemp("distill"))
 
 
 def overrides(root, corpus, run_dir, *extra):

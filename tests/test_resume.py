@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from capgap.data.bpe import train_bpe
 from capgap.distill.module import DistillModule
 from capgap.errors import CapgapError
 from capgap.prune.slicing import load_pruned
 from capgap.resume import claim
 from capgap.tasks import run_task
-from conftest import tiny_gpt_neox
+from test_distill_task import local_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "the", "and", "of"]
@@ -32,23 +30,7 @@ STEPS = 48  # 20 batches an epoch: the runs cross two epoch boundaries
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A local corpus and a tiny teacher with dropout (so the RNG state matters)."""
-    root = tmp_path_factory.mktemp("resume")
-    g = torch.Generator().manual_seed(0)
-    corpus = root / "corpus.jsonl"
-    with corpus.open("w") as f:
-        for i in range(80):
-            n = int(torch.randint(30, 90, (1,), generator=g))
-            text = f"doc {i}: " + " ".join(WORDS[j] for j in torch.randint(0, len(WORDS), (n,), generator=g))
-            f.write(json.dumps({"text": text}) + "\n")
-    data = OmegaConf.create({"kind": "local", "path": str(corpus), "text_key": "text",
-                             "val_fraction": 0.2, "max_tokens": None})
-    tok = train_bpe(data, 200, root / "bpe")
-    torch.manual_seed(0)
-    teacher = tiny_gpt_neox(vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
-                            hidden_dropout=0.1, attention_dropout=0.1)
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    return root, corpus
+    return local_teacher(tmp_path_factory.mktemp("resume"), hidden_dropout=0.1, attention_dropout=0.1)
 
 
 def overrides(root, corpus, run_dir, checkpoint_every=5):
@@ -107,7 +89,9 @@ def test_killed_run_ends_with_the_same_student(setup, tmp_path, monkeypatch):
 def run_py(run_dir, cache, setup):
     root, corpus = setup
     env = {**os.environ, "CAPGAP_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "run.py", *overrides(root, corpus, run_dir, checkpoint_every=3)],
+    # hydra.run.dir: its run.log goes to the test's folder, not outputs/ in the checkout
+    return subprocess.Popen([sys.executable, "run.py", *overrides(root, corpus, run_dir, checkpoint_every=3),
+                             f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
