@@ -31,9 +31,9 @@ def logits(model, x):
         return model(x).logits
 
 
-def score(model, data, n_batches, cache_path=None):
+def score(model, data, n_batches):
     """Expressiveness scores the way capgap makes them: PrunerModule under a Trainer."""
-    module = PrunerModule(model, n_batches=n_batches, cache_path=cache_path)
+    module = PrunerModule(model, n_batches=n_batches)
     trainer = L.Trainer(max_epochs=1, limit_train_batches=n_batches, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, DataLoader(data, batch_size=None))

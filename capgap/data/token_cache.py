@@ -81,7 +81,6 @@ def _tokenize(tokenizer, data_cfg, tmp: Path) -> None:
         if batch:
             flush()
         bar.close()
-    where = data_cfg.get("path") or data_cfg.get("name") or data_cfg.kind
     if counts["train"] + counts["val"] == 0:
         raise CapgapError(f"data.path={where}: empty corpus, no text to tokenize")
     if counts["val"] == 0 or counts["train"] == 0:

@@ -9,15 +9,14 @@ import lightning as L
 import torch
 from torch import nn
 
-from capgap.prune.scores import ScoreAccumulator, save_scores
+from capgap.prune.scores import ScoreAccumulator
 
 
 class PrunerModule(L.LightningModule):
-    def __init__(self, model, n_batches: int, cache_path=None):
+    def __init__(self, model, n_batches: int):
         super().__init__()
         self.model = model
         self.n_batches = n_batches
-        self.cache_path = cache_path
         self.automatic_optimization = False
         # Freeze here, before the strategy wraps the module: DDP records at wrap time which
         # parameters need gradients. The masks are plain tensors, not parameters, so DDP
@@ -43,8 +42,6 @@ class PrunerModule(L.LightningModule):
         self.scores = self.acc.result()
         for p, flag in zip(self.model.parameters(), self._requires_grad):
             p.requires_grad_(flag)
-        if self.cache_path is not None and self.trainer.is_global_zero:
-            save_scores(self.scores, self.cache_path)
 
     def configure_optimizers(self):
         return None  # nothing moves: only mask gradients are read

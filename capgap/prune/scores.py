@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from capgap.atomic import atomic_file, build_once
+from capgap.atomic import build_once
 from capgap.cache import default_cache_dir
 from capgap.distill.chunked import lm_loss
 from capgap.errors import CapgapError
@@ -147,11 +147,6 @@ def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "exp
                      sort_keys=True)
     root = Path(root or default_cache_dir())
     return root / "scores" / hashlib.sha256(key.encode()).hexdigest()[:16] / "scores.pt"
-
-
-def save_scores(scores: Scores, path: Path) -> None:
-    with atomic_file(path) as tmp:  # a reader sees the old file or the whole new one, never half
-        torch.save(scores.to_dict(), tmp)
 
 
 def load_scores(path: Path) -> Scores:
