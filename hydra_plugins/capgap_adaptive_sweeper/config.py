@@ -2,7 +2,7 @@
 of the same name would shadow this and trip Hydra's deprecated same-name schema matching).
 Its defaults are capgap's keys, so run.py needs no settings:
 
-    python run.py -m hydra/sweeper=capgap_adaptive teacher=micro_xs,micro_s,micro_m,micro_l,micro_xl \
+    python run.py -m hydra/sweeper=capgap_adaptive teacher=micro_xs,micro_s,micro_m,micro_ml,micro_l,micro_xl \
         student.size=250K,600K,1M seed=0,1,2
 """
 
