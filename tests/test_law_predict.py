@@ -25,6 +25,9 @@ def test_parse_size_rejects(bad):
 
 def test_format_size():
     assert format_size(162_322_944) == "162M" and format_size(1_414_647_808) == "1.41B"
+    # rounding carries into the next unit: a 1M student pruned to 999,742 parameters
+    assert format_size(999_742) == "1M" and format_size(999.7) == "1K" and format_size(1_000_240) == "1M"
+    assert format_size(999_499) == "999K" and format_size(250_068) == "250K"
 
 
 ZOO = [{"name": "p70m", "params": 70_000_000, "family": "p"},

@@ -26,8 +26,11 @@ def parse_size(size) -> int:
 
 
 def format_size(n: float) -> str:
-    """162_322_944 -> "162M", 1_414_647_808 -> "1.41B": three significant digits."""
+    """162_322_944 -> "162M", 1_414_647_808 -> "1.41B": three significant digits.
+
+    The unit is chosen after rounding, so 999_742 is "1M", not "1e+03K"."""
+    rounded = float(f"{n:.3g}")
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
+        if abs(rounded) >= scale:
+            return f"{rounded / scale:.3g}{unit}"
+    return f"{rounded:.3g}"
