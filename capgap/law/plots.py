@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from capgap.atomic import atomic_file
 from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
@@ -37,6 +38,10 @@ def curves_figure(fit: Fit) -> Figure:
         ax.plot([s.optimum / M], [s.optimum_value], "*", ms=14, color=line.get_color(),
                 markeredgecolor="k", gid="optimum")
     ax.set_xscale("log")
+    # plain numbers (0.3, 1, 2) rather than matplotlib's 3×10⁻¹ on a log axis of millions
+    plain = FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("teacher parameters (M)")
     ax.set_ylabel(f"student {fit.metric}" + (" (mean ± seed s.d.)" if any(
         s.spread is not None and not np.all(np.isnan(s.spread)) for s in fit.sizes) else ""))
