@@ -1,12 +1,19 @@
 """The adaptive study: measure the capacity-gap curve only where its optimum is.
 
 For each student size: start at the grid teacher nearest the optimum the current law
-predicts, with its two grid neighbours; walk one teacher at a time toward the better side
-until the best measured teacher has measured neighbours on both sides (or sits at the end
-of the grid with its one neighbour measured); then replicate the bracket with further seeds
-while the bootstrap interval of the optimum over seeds is wider than one grid step or
-leaves open which grid teacher is nearest the optimum. A full
-grid measures every teacher for every student and seed; this measures the few that decide.
+predicts, with its two grid neighbours; walk toward the better side until the best
+measured teacher has two measured teachers on each side (fewer at the ends of the grid);
+then replicate the bracket (the best and its two neighbours) with further seeds while the
+bootstrap interval of the optimum over seeds is wider than one grid step or leaves open
+which grid teacher is nearest the optimum. A full grid measures every teacher for every
+student and seed; this measures the few that decide.
+
+Why two on each side and not one: a real curve is not always unimodal. In the 2026-11-25
+micro study the 1M student's loss was 3.877 from micro_m, 3.888 from micro_ml, 3.885 from
+micro_l (3 seeds each): micro_ml, one teacher of a different shape, made a local optimum
+at micro_l, and a walk that stopped at one neighbour a side settled there. One more
+teacher a side (one seed each) costs a point or two per student and sees past one odd
+teacher; replication stays on the immediate bracket.
 
 Pure bookkeeping, no Hydra: the sweeper plugin (hydra_plugins/capgap_adaptive_sweeper)
 launches the batches this asks for and hands back the jobs' objectives.
@@ -63,10 +70,11 @@ class AdaptiveSearch:
         means = {ti: c.mean() for ti in self.eligible(si) if len(c := self.cell(si, ti))}
         return min(means, key=means.get) if means else None
 
-    def _bracket(self, si: int, best: int) -> list[int]:
+    def _bracket(self, si: int, best: int, width: int = 1) -> list[int]:
+        """The best teacher and up to `width` grid neighbours on each side."""
         grid = self.eligible(si)
         k = grid.index(best)
-        return grid[max(k - 1, 0):k + 2]
+        return grid[max(k - width, 0):k + width + 1]
 
     def _unsettled(self, si: int, bracket: list[int]) -> bool:
         """Does the optimum need more seeds? Resampling the seeds of each bracket cell: yes
@@ -102,7 +110,7 @@ class AdaptiveSearch:
             start = min(grid, key=lambda ti: abs(np.log(self.teachers[ti] / max(guess, 1.0))))
             return [(si, ti, 0) for ti in self._bracket(si, start)]
         bracket = self._bracket(si, best)
-        walk = [(si, ti, 0) for ti in bracket if not self._asked(si, ti)]
+        walk = [(si, ti, 0) for ti in self._bracket(si, best, width=2) if not self._asked(si, ti)]
         if walk:
             return walk
         # bracketed: replicate where the optimum is not pinned to a grid step
