@@ -34,6 +34,15 @@ def full_grid_best(objective, students, teachers, seeds):
             for s in students]
 
 
+def searched_best(objective, students, teachers, n_seeds=3):
+    """Run the search to its end against objective(s, t, seed); (best teacher per student, search)."""
+    search = AdaptiveSearch(teachers, students, n_seeds=n_seeds)
+    while batch := search.next_batch():
+        for si, ti, k in batch:
+            search.record((si, ti, k), objective(students[si], teachers[ti], k))
+    return [teachers[search.best(si)] for si in range(len(students))], search
+
+
 def test_planted_laws_need_at_most_60_percent_of_the_grid(capsys):
     rng = np.random.default_rng(5)
     students = [20e6, 50e6, 120e6, 300e6, 600e6]
@@ -41,11 +50,7 @@ def test_planted_laws_need_at_most_60_percent_of_the_grid(capsys):
     for draw in range(20):
         a, b, noise = rng.uniform(1.5, 4), rng.uniform(-10e6, 10e6), rng.uniform(0.005, 0.02)
         objective = planted(a, b, noise, draw)
-        search = AdaptiveSearch(ZOO, students, n_seeds=3)
-        while batch := search.next_batch():
-            for si, ti, k in batch:
-                search.record((si, ti, k), objective(students[si], ZOO[ti], k))
-        found = [ZOO[search.best(si)] for si in range(len(students))]
+        found, search = searched_best(objective, students, ZOO)
         assert found == full_grid_best(objective, students, ZOO, range(3)), (draw, a, b)
         run, grid = run + len(search.values), grid + search.grid_points()
         assert len(search.values) <= 0.6 * search.grid_points()
@@ -68,13 +73,11 @@ def test_the_measured_micro_study_replayed(capsys):
     teachers = sorted({t for _, t, _ in value})
     assert len(teachers) == 6 and len(value) == 45
 
-    search = AdaptiveSearch(teachers, students, n_seeds=3)
-    while batch := search.next_batch():
-        for si, ti, k in batch:
-            search.record((si, ti, k), value[(students[si], teachers[ti], k)])
-    grid_best = [min((t for t in teachers if t > s),
-                     key=lambda t: np.mean([value[(s, t, k)] for k in range(3)])) for s in students]
-    assert [teachers[search.best(si)] for si in range(3)] == grid_best
+    def measured(s, t, k):
+        return value[(s, t, k)]
+
+    found, search = searched_best(measured, students, teachers)
+    assert found == full_grid_best(measured, students, teachers, range(3))
     assert search.grid_points() == 45 and len(search.values) <= 0.6 * 45
     with capsys.disabled():
         print("\n" + search.summary())
