@@ -12,6 +12,7 @@ import os
 from omegaconf import open_dict
 
 from capgap.errors import CapgapError
+from capgap.law.sizes import parse_size
 
 
 def _cuda_count() -> int:
@@ -72,3 +73,24 @@ def steps_for(tokens: int, tokens_per_batch: int, trainer_cfg=None) -> int:
     return max(1, math.ceil(tokens / tokens_per_step(trainer_cfg, tokens_per_batch)))
 
 
+
+
+def token_budget(d, student_params: int | None) -> int | None:
+    """Global tokens to distill on: distill.tokens when set (300000 or "20M"), else
+    distill.tokens_per_param × the student's parameters (the study presets: a budget that
+    grows with the student). None when it depends on a student size not known yet."""
+    if d.get("tokens") not in (None, 0):
+        try:
+            return parse_size(d.tokens)
+        except CapgapError as e:
+            raise CapgapError(f"distill.tokens={d.tokens}: {e}") from None
+    k = d.get("tokens_per_param")
+    if k in (None, 0):
+        raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set: set one of them")
+    try:
+        k = float(k)
+    except (TypeError, ValueError):
+        k = math.nan
+    if not math.isfinite(k) or k <= 0:
+        raise CapgapError(f"distill.tokens_per_param={d.tokens_per_param} must be a positive number")
+    return None if student_params is None else int(round(k * student_params))

@@ -73,7 +73,7 @@ def point_cost(cfg) -> dict:
     d = cfg.distill
     training.apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
     per_step = training.tokens_per_step(cfg.trainer, d.batch_size * d.block_size)
-    budget = parse_size(d.tokens) if d.get("tokens") else int(round(float(d.tokens_per_param) * s))
+    budget = training.token_budget(d, s)
     tokens = training.steps_for(budget, d.batch_size * d.block_size, cfg.trainer) * per_step
     p = cfg.prune
     scored = p.n_batches * p.batch_size * p.block_size if (

@@ -76,6 +76,42 @@ def cfg_params(name):
     return config(f"teacher={name}").teacher.params
 
 
+def test_token_budget_from_tokens_or_per_parameter():
+    from omegaconf import OmegaConf
+
+    d = lambda **kw: OmegaConf.create({"tokens": None, "tokens_per_param": None, **kw})
+    assert budget.token_budget(d(tokens="2K"), None) == 2000
+    assert budget.token_budget(d(tokens=300000, tokens_per_param=20), 10) == 300000
+    assert budget.token_budget(d(tokens_per_param=20), 1_000_000) == 20_000_000
+    # a student sized by sparsity is not made yet: no budget, and no error either
+    assert budget.token_budget(d(tokens_per_param=20), None) is None
+    with pytest.raises(CapgapError, match="distill.tokens is null and distill.tokens_per_param is not set"):
+        budget.token_budget(d(), 1_000_000)
+    with pytest.raises(CapgapError, match="distill.tokens_per_param=-1 must be a positive number"):
+        budget.token_budget(d(tokens_per_param=-1), 1_000_000)
+    with pytest.raises(CapgapError, match="distill.tokens=lots"):
+        budget.token_budget(d(tokens="lots"), None)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.tokens=null"], "distill.tokens is null and distill.tokens_per_param is not set"),
+    (["distill.tokens=null", "distill.tokens_per_param=abc"], "distill.tokens_per_param=abc must be"),
+])
+def test_plan_without_a_token_budget_is_one_line_and_exit_2(capsys, overrides, message):
+    from capgap import cli
+
+    assert cli.main(["plan", *overrides]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("capgap: error: ") and message in err[0], err
+
+
+def test_plan_prices_a_budget_per_parameter_and_one_given_as_a_size():
+    (per_param,) = plan.plan(["distill.tokens=null", "distill.tokens_per_param=20", "student.size=300K"])
+    assert per_param["tokens"] == budget.steps_for(6_000_000, per_param["per_step"]) * per_param["per_step"]
+    (sized,) = plan.plan(["distill.tokens=2K"])
+    assert sized["tokens"] == budget.steps_for(2000, sized["per_step"]) * sized["per_step"]
+
+
 def test_global_batch_sets_accumulation_and_refuses_what_devices_cannot_split():
     cfg = config("experiment=pythia_law", "trainer.devices=4")
     budget.apply_global_batch(cfg.trainer, 8, 2048, 524288)

@@ -16,6 +16,7 @@ from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
+from capgap.budget import token_budget
 from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
 from capgap.models.zoo import load_tokenizer
@@ -44,18 +45,6 @@ def student_plan(cfg, info):
         if f.is_file():
             return Plan.from_dict(json.loads(f.read_text())["plan"])
     return None
-
-
-def token_budget(d, student_params: int | None) -> int:
-    """distill.tokens when set, else distill.tokens_per_param × the student's parameters
-    (the study presets: a budget that grows with the student)."""
-    if d.get("tokens") not in (None, 0):
-        return parse_size(d.tokens)  # 300000 or "20M"
-    k = d.get("tokens_per_param")
-    if not k or student_params is None:
-        raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set (with a "
-                          "student.size): set one of them")
-    return int(round(float(k) * student_params))
 
 
 def run(cfg, run_dir, callbacks=()) -> dict:
