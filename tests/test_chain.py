@@ -64,3 +64,20 @@ def test_law_ratio_from_the_store_fit_else_default(tmp_path):
                           "metric": 1.0 + abs(j - 1)})
     assert chain_mod.law_ratio(url, 100) == pytest.approx(4.0)
     assert chain_mod.law_ratio(url, 1000) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("budget", [["distill.tokens=0.25K"],
+                                    ["distill.tokens=null", "distill.tokens_per_param=0.01"]])
+def test_chain_stages_train_on_the_runs_token_budget(tiny_setup, tmp_path, budget):
+    """distill.tokens as a size string, or null with a budget per parameter (the law presets):
+    each assistant trains on the budget of its own size, as the student does on its own."""
+    root, corpus = tiny_setup
+    cfg = config(root, corpus, tmp_path / "run", "prune.multiple=4", "student.size=18K",
+                 "distill.chain=[30K,24K]", *budget)
+    m = run_task(cfg)
+    per_step = 4 * 16  # distill.batch_size × block_size, one device, no accumulation
+    expected = (lambda n: 250) if "distill.tokens=0.25K" in budget else (lambda n: round(0.01 * n))
+    for stage in m["chain"]:
+        assert stage["steps"] == -(-expected(stage["params"]) // per_step)
+    assert m["tokens_planned"] == expected(m["student_params"])
+    assert m["steps"] == -(-m["tokens_planned"] // per_step)

@@ -137,7 +137,8 @@ def strategy(d) -> dict:
 
 def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None) -> dict:
     """Swap dm's training blocks for the transfer set the strategy asks for; info for metrics.
-    `tokens`: the distillation budget (default distill.tokens)."""
+    `tokens`: the distillation budget (capgap.budget.token_budget; None while it waits on a
+    student size not known before the student is made)."""
     d = cfg.distill
     s = strategy(d)
     if s["name"] == "confident":
@@ -149,8 +150,14 @@ def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None
         dm.train_set = dm.train_override = Subset(dm.train_set, keep.tolist())
         return {"transfer_blocks": len(keep), "transfer_mean_confidence": float(scores[keep].mean())}
     if s["name"] == "generated":
-        steps = math.ceil((tokens or d.tokens) / dm.tokens_per_batch)
-        n = int(s.get("sequences") or steps * d.batch_size)  # enough that no block repeats
+        n = int(s.get("sequences") or 0)
+        if not n:
+            if tokens is None:
+                raise CapgapError("distill.data_strategy=generated makes as many blocks as the token "
+                                  "budget uses, and distill.tokens_per_param ties that to the size of a "
+                                  "student not made yet: set student.size, distill.tokens or "
+                                  "distill.data_strategy.sequences")
+            n = math.ceil(tokens / dm.tokens_per_batch) * d.batch_size  # enough that no block repeats
         settings = {"prompt_tokens": int(s.get("prompt_tokens", 8)),
                     "temperature": float(s.get("temperature", 1.0))}
         key = {"teacher": teacher_key, "data": str(dm.folder), "block": d.block_size, "n": n,

@@ -2,8 +2,9 @@
 
 Each assistant is pruned from the model before it (the same prune config, except that
 assistants are pruned with uniform ranking: capgap's scores assume every layer has the same
-width, so only a uniform model can be pruned again) and distilled from it on distill.tokens,
-then becomes the next stage's teacher. The final student is made from the last assistant by
+width, so only a uniform model can be pruned again) and distilled from it on the run's token
+budget (distill.tokens, or distill.tokens_per_param × that assistant's own parameters), then
+becomes the next stage's teacher. The final student is made from the last assistant by
 task=distill as usual.
 
 `distill.chain`: explicit assistant sizes, largest first. `distill.assistants=auto`: sizes
@@ -17,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from capgap import training
+from capgap.budget import token_budget
 from capgap.distill.config import from_config
 from capgap.errors import CapgapError
 from capgap.law.sizes import format_size, parse_size
@@ -89,14 +91,15 @@ def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes:
     """Distill each assistant from the model before it. Returns (last assistant, its score-cache
     key, one dict per stage)."""
     d = cfg.distill
-    steps = training.steps_for(d.tokens, dm.tokens_per_batch, cfg.trainer)
+    per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
     current, key, stages = teacher, None, []
     base_id = teacher_id(cfg, tokenizer)
     for i, size in enumerate(sizes, 1):
         stage_cfg = OmegaConf.merge(cfg, {"student": {"size": size}, "prune": {"ranking": "uniform"}})
         student, info = make_student(stage_cfg, current, tokenizer, teacher_key=key)
+        steps = training.steps_for(token_budget(d, info["student_params"]), dm.tokens_per_batch, cfg.trainer)
         announce("distilling", f"assistant {i}/{len(sizes)}, {info['student_params']:,} parameters, "
-                               f"on {steps * dm.tokens_per_batch:,} tokens")
+                               f"on {steps * per_step:,} tokens")
         module = from_config(student, current, d, steps, log_every=log_every)
         trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), Path(run_dir) / f"assistant{i}",
                                     Path(ckpt_dir) / f"assistant{i}", steps)

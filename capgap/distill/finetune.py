@@ -31,7 +31,8 @@ def finetune(model, dm, d, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pat
              lr_scale: float, log_every: int = 10, extra_callbacks=()):
     """Train `model` with CE only for `tokens` tokens at distill.lr·lr_scale; (trainer, metrics)."""
     steps = training.steps_for(tokens, dm.tokens_per_batch, trainer_cfg)
-    announce("fine-tuning", f"CE only on {steps * dm.tokens_per_batch:,} tokens at lr {d.lr * lr_scale:g}")
+    per_step = training.tokens_per_step(trainer_cfg, dm.tokens_per_batch)
+    announce("fine-tuning", f"CE only on {steps * per_step:,} tokens at lr {d.lr * lr_scale:g}")
     optim = {**optim_settings(d), "lr": d.lr * lr_scale}
     module = CausalLMModule(model, total_steps=steps, log_every=log_every, **optim)
     # the distillation fit's final evaluation switched to the whole split; periodic ones use a prefix
