@@ -17,7 +17,6 @@ from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
 from capgap.budget import token_budget
-from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
@@ -49,24 +48,19 @@ def student_plan(cfg, info):
 
 def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
-    student exists (task=study adds the one that writes the store)."""
-    with claim(checkpoint_dir(cfg)):  # one job per checkpoint folder, for the whole run
-        return _run(cfg, run_dir, callbacks)
+    student exists (task=study adds the one that writes the store). Reached through run_task
+    only, which has set the accumulation for distill.global_batch_tokens."""
+    with claim(checkpoint_dir(cfg)) as ckpt_dir:  # one job per checkpoint folder, for the whole run
+        return _run(cfg, run_dir, ckpt_dir, callbacks)
 
 
-def _run(cfg, run_dir, callbacks) -> dict:
+def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     start = time.perf_counter()
     d = cfg.distill
-    ckpt_dir = checkpoint_dir(cfg)
-    # a global batch in tokens fixes the accumulation for these devices (run_task did it already;
-    # again here for callers that come straight to this task)
-    training.apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
+    # before the student exists its size is the target's (None when sized by sparsity); the
+    # budget trained is the real student's. A budget with neither key set fails here, first.
     size = cfg.student.get("size")
-    if not d.get("tokens") and not d.get("tokens_per_param"):
-        raise CapgapError("distill.tokens is null and distill.tokens_per_param is not set: set one of them")
-    # before the student exists its size is the target's; the budget trained is the real student's
-    planned_tokens = token_budget(d, parse_size(size) if size not in (None, "") else None) \
-        if d.get("tokens") or size not in (None, "") else None
+    planned_tokens = token_budget(d, parse_size(size) if size not in (None, "") else None)
     # tokenize first: a bad corpus fails before a teacher is loaded or pretrained
     dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg), cfg.data, cfg.paths.cache_dir,
                           batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
@@ -92,7 +86,8 @@ def _run(cfg, run_dir, callbacks) -> dict:
         student, info = make_student(cfg, source, tokenizer, teacher_key=source_key)
     plan = student_plan(cfg, info)
     info.pop("plan", None)
-    info.update(size_info(student, teacher))  # sizes and sparsity against the real teacher
+    if chain:  # make_student measured against the last assistant; the store wants the real teacher
+        info.update(size_info(student, teacher))
     tokens = token_budget(d, info["student_params"])
     per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
     steps = training.steps_for(tokens, dm.tokens_per_batch, cfg.trainer)
