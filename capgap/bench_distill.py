@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "teacher"
+from capgap.confdir import conf_dir
 
 
 def add_parser(sub):
@@ -45,7 +43,7 @@ def build_pair(teacher_name: str, student_size: str):
     from capgap.models.zoo import build_from_config
     from capgap.scratch import scratch_config
 
-    path = CONF / f"{teacher_name}.yaml"
+    path = conf_dir() / "teacher" / f"{teacher_name}.yaml"
     if not path.is_file():
         raise CapgapError(f"--teacher={teacher_name}: no {path}")
     node = OmegaConf.load(path)

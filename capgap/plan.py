@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from pathlib import Path
 
+from capgap.confdir import conf_dir
 from capgap.errors import CapgapError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 H100_BF16_DENSE_TFLOPS = 989.0
 
 
@@ -41,8 +40,9 @@ def grid(overrides: list[str]) -> list[list[str]]:
 
     parse = OverridesParser.create().parse_overrides
     try:
+        parsed = parse(overrides)
         fixed, sweeps = [], {}
-        for o in parse(overrides):
+        for o in parsed:
             if o.is_sweep_override():
                 sweeps[o.get_key_element()] = list(o.sweep_string_iterator())
             else:
@@ -51,7 +51,7 @@ def grid(overrides: list[str]) -> list[list[str]]:
     except Exception as e:  # Hydra's errors are many classes and many lines; one line here
         raise CapgapError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
     # the preset's sweep, except for keys the command line sets (there, as in Hydra, it wins)
-    given = {o.get_key_element() for o in parse(overrides)}
+    given = {o.get_key_element() for o in parsed}
     params = base.hydra.sweeper.get("params") or {}
     for key, value in params.items():
         for o in parse([f"{key}={value}"]):
@@ -88,7 +88,7 @@ def plan(overrides: list[str]) -> list[dict]:
     from hydra import compose, initialize_config_dir
 
     points = []
-    with initialize_config_dir(str(CONF), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         for job in grid(overrides):
             try:
                 cfg = compose("config", overrides=job)

@@ -56,6 +56,10 @@ def test_installed_wheel_predicts_and_fits_from_another_folder(tmp_path):
     out = run(str(venv / "bin" / "capgap"), "predict", "--student", "300M", cwd=elsewhere)
     assert "pick teacher=" in out and "no teacher in the zoo" not in out, out
 
+    # plan composes the wheel's configs with Hydra (a path beside the package does not exist there)
+    out = run(str(venv / "bin" / "capgap"), "plan", "experiment=micro_law", cwd=elsewhere)
+    assert "capgap plan: " in out and "total: " in out, out
+
     with (elsewhere / "results.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, ["teacher_params", "student_params", "metric", "seed"])
         w.writeheader()
