@@ -41,6 +41,14 @@ def test_predict_without_results_uses_the_paper():
     assert "paper" in p["source"] and p["teacher"]["name"] == "p70m"
 
 
+def test_predict_without_results_for_a_small_student_uses_the_papers_ratio():
+    # the paper's line gives -9M for 1M; its ratio k ≈ 2.5 is what it means there
+    p = predict("1M", zoo=ZOO)
+    assert p["optimal_teacher"] / p["student_params"] == pytest.approx(2.5)
+    assert "2.5·S at this size" in p["source"] and p["teacher"]["name"] == "p70m"
+    assert "no teacher bigger" not in " ".join(p["notes"])
+
+
 def test_predict_from_a_fit_has_an_interval():
     result = fit(points_from_rows(law_rows(), "test"), n_boot=200)
     p = predict("60M", result, ZOO)

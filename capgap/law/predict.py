@@ -10,7 +10,7 @@ import yaml
 
 from capgap.confdir import conf_dir as installed_conf
 from capgap.errors import CapgapError
-from capgap.law.fit import PAPER, Fit
+from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
 from capgap.law.sizes import format_size, parse_size
 
 __all__ = ["parse_size", "load_zoo", "pick_teacher", "predict", "describe", "predict_distillation",
@@ -50,8 +50,12 @@ def predict(student, fit: Fit | None = None, zoo: list[dict] | None = None) -> d
     s = parse_size(student)
     notes = []
     if fit is None:
-        t, lo, hi = PAPER["a"] * s + PAPER["b"], math.nan, math.nan
-        source = f"the paper's fit (T* = {PAPER['a']}·S − {-PAPER['b'] / 1e6}M): no results of your own yet"
+        # the line's intercept (−11.5M) would put T* below a small student: its ratio there
+        t, lo, hi = paper_optimum(s), math.nan, math.nan
+        line = f"T* = {PAPER['a']}·S − {-PAPER['b'] / 1e6}M"
+        if t != PAPER["a"] * s + PAPER["b"]:
+            line += f"; {PAPER_RATIO}·S at this size, where its intercept dominates"
+        source = f"the paper's fit ({line}): no results of your own yet"
     else:
         t, lo, hi = fit.predict(s)
         source = f"your fit over {len(fit.sizes)} student sizes (T* = {fit.a:.3f}·S {'-' if fit.b < 0 else '+'} {abs(fit.b) / 1e6:.3f}M)"
