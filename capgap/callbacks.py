@@ -73,18 +73,15 @@ class FitLawOnMultirunEnd(HydraCallback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from capgap.law import store as law_store
-        from capgap.law.fit import fit, points_from_rows
         from capgap.law.plots import save_plots
-        from capgap.law.studies import DEFAULT, groups
+        from capgap.law.studies import DEFAULT
+        from capgap.law.study_fit import study_law
 
         study = config.get("study") or DEFAULT
         out = Path(config.hydra.sweep.dir)
         try:
-            store = law_store.from_config(config.store)
-            source = f"study {study} in store {store.name}"
             # no --group-by here: one curve, or the line that names what differs
-            rows = next(iter(groups(store.results(study=study), None, source).values()), [])
-            result = fit(points_from_rows(rows, source))
+            result = study_law(law_store.from_config(config.store), study)
         except CapgapError as e:
             print(f"[capgap] no law fitted: {e}")
             return

@@ -49,8 +49,8 @@ def _study(store, asked: str | None) -> str:
 def _curves(args, required: bool = True) -> dict:
     """{curve label (None: the only one): Points} of one study, split by --group-by; a CSV
     is one curve. {} when there is no store and that is allowed."""
-    from capgap.law.fit import points_from_rows, read_csv
-    from capgap.law.studies import groups
+    from capgap.law.fit import read_csv
+    from capgap.law.study_fit import study_curves
 
     if args.csv:
         if args.study:
@@ -59,14 +59,8 @@ def _curves(args, required: bool = True) -> dict:
     store = _store(args.store, required)
     if store is None:
         return {}
-    study = _study(store, args.study)
-    rows = store.results(study=study)
-    if not rows and not required:
-        return {}
-    source = f"study {study} in store {store.name}"
-    split = groups(rows, getattr(args, "group_by", None), source) or {None: rows}
-    return {label: points_from_rows(r, f"{source}{f' ({label})' if label else ''}", args.metric)
-            for label, r in split.items()}
+    return study_curves(store, _study(store, args.study), getattr(args, "group_by", None), args.metric,
+                        required)
 
 
 MODELS = ("capacity-gap", "distillation-scaling")

@@ -83,6 +83,34 @@ def test_the_measured_micro_study_replayed(capsys):
         print("\n" + search.summary())
 
 
+def test_the_sweep_starts_from_the_law_of_its_own_study(tmp_path, capsys):
+    """A store holding two studies: the sweep's `study` picks whose fit it starts from; a
+    study the store lacks, or a store not there yet, starts from the paper's (and makes no file)."""
+    from law_data import law_rows, with_config
+    from omegaconf import OmegaConf
+
+    from capgap.law.fit import paper_optimum
+    from capgap.law.store import Store
+    from hydra_plugins.capgap_adaptive_sweeper.adaptive_sweeper import CapgapAdaptiveSweeper
+
+    url = str(tmp_path / "s.sqlite")
+    store = Store(url)
+    for row in (with_config(law_rows(seeds=1, a=2.5, b=-10e6), study="mine")
+                + with_config(law_rows(seeds=1, a=1.5, b=0, rng_seed=1), study="other")):
+        store.record(row)
+    job = OmegaConf.create({"store": {"kind": "sqlite", "url": url, "force": False}, "study": "mine"})
+    sweeper = CapgapAdaptiveSweeper()
+    assert sweeper._law(job)(100e6) == pytest.approx(2.5 * 100e6 - 10e6, rel=0.1)
+    assert "law of study mine: T* = 2." in capsys.readouterr().out
+    job.study = "other"
+    assert sweeper._law(job)(100e6) == pytest.approx(1.5 * 100e6, rel=0.1)
+    job.study = "absent"
+    assert sweeper._law(job) is paper_optimum
+    job.store.url = str(tmp_path / "none.sqlite")
+    assert sweeper._law(job) is paper_optimum and not (tmp_path / "none.sqlite").exists()
+    assert "from the paper's law" in capsys.readouterr().out
+
+
 def test_one_student_is_refused():
     with pytest.raises(CapgapError, match="2 or more student sizes"):
         AdaptiveSearch(ZOO, [50e6], 3)

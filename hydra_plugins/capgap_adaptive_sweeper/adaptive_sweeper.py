@@ -23,10 +23,12 @@ from .config import CapgapAdaptiveSweeperConf  # noqa: F401  registers the confi
 class CapgapAdaptiveSweeper(Sweeper):
     def __init__(self, params: Optional[Dict[str, str]] = None, teacher_key: str = "teacher",
                  teacher_size_key: str = "teacher.params", student_key: str = "student.size",
-                 seed_key: str = "seed", store_key: Optional[str] = "store.url") -> None:
+                 seed_key: str = "seed", store_key: Optional[str] = "store",
+                 study_key: Optional[str] = "study") -> None:
         self.params = dict(params or {})
         self.teacher_key, self.teacher_size_key = teacher_key, teacher_size_key
-        self.student_key, self.seed_key, self.store_key = student_key, seed_key, store_key
+        self.student_key, self.seed_key = student_key, seed_key
+        self.store_key, self.study_key = store_key, study_key
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
@@ -70,23 +72,28 @@ class CapgapAdaptiveSweeper(Sweeper):
                               "(run one adaptive sweep per value)")
         return swept, fixed
 
-    def _law(self, cfg: DictConfig):
-        """T* for a student size: the store's joint fit when it has one, else the paper's."""
-        from capgap.law.fit import fit, paper_optimum, points_from_rows
+    def _law(self, job: DictConfig):
+        """T* for a student size: the fit of the sweep's study in its store when there is one,
+        else the paper's. `job`: a job's composed config (every job has the same store and study)."""
+        from capgap.law import store as law_store
+        from capgap.law.fit import paper_optimum
+        from capgap.law.studies import DEFAULT
+        from capgap.law.study_fit import study_law
 
-        url = OmegaConf.select(cfg, self.store_key) if self.store_key else None
-        if url:
-            from capgap.law.store import Store, sqlite_path
-
-            path = sqlite_path(url)
-            if path is None or path.exists():
-                try:
-                    store = Store(url)
-                    law = fit(points_from_rows(store.results(), f"store {store.name}"), n_boot=1)
-                    print(f"[capgap] adaptive sweep starts from the store's law: {law.line()}")
+        store_cfg = OmegaConf.select(job, self.store_key) if self.store_key else None
+        if isinstance(store_cfg, str):  # a store_key naming the url itself, as it once did
+            store_cfg = OmegaConf.create({"url": store_cfg})
+        study = (OmegaConf.select(job, self.study_key) if self.study_key else None) or DEFAULT
+        if store_cfg is not None:
+            try:
+                path = law_store.sqlite_path(store_cfg.get("url") or law_store.default_url())
+                # looking must not create a SQLite file the study has not written yet
+                if path is None or path.exists():
+                    law = study_law(law_store.from_config(store_cfg), study, n_boot=1)
+                    print(f"[capgap] adaptive sweep starts from the law of study {study}: {law.line()}")
                     return lambda s: law.a * s + law.b if law.a * s + law.b > s else paper_optimum(s)
-                except CapgapError:
-                    pass
+            except CapgapError:
+                pass
         print("[capgap] adaptive sweep starts from the paper's law (no fit of your own yet)")
         return paper_optimum
 
@@ -101,9 +108,10 @@ class CapgapAdaptiveSweeper(Sweeper):
         students = [(parse_size(v), v) for v in swept[self.student_key]]
         check_students([s for s, _ in students])  # before composing anything
         loader = self.hydra_context.config_loader
-        teachers = []
+        teachers, job = [], None
         for choice in swept[self.teacher_key]:
             cfg = loader.load_sweep_config(self.config, fixed + [f"{self.teacher_key}={choice}"])
+            job = cfg if job is None else job
             size = OmegaConf.select(cfg, self.teacher_size_key)
             if size is None:
                 raise CapgapError(f"{self.teacher_key}={choice} has no {self.teacher_size_key}: "
@@ -112,7 +120,7 @@ class CapgapAdaptiveSweeper(Sweeper):
         teachers.sort()
         seeds = swept.get(self.seed_key, [None])
         search = AdaptiveSearch([t for t, _ in teachers], [s for s, _ in students], len(seeds),
-                                law=self._law(cfg))
+                                law=self._law(job))
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,9 @@ class CapgapAdaptiveSweeperConf:
     teacher_size_key: str = "teacher.params"  # where a composed config holds the teacher's size
     student_key: str = "student.size"
     seed_key: str = "seed"  # its values are the replicates, used in order as needed
-    store_key: Optional[str] = "store.url"  # a store whose fit gives the starting law (else the paper's)
+    # the store config (kind, url) and study whose fit gives the starting law (else the paper's)
+    store_key: Optional[str] = "store"
+    study_key: Optional[str] = "study"
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="capgap_adaptive",
