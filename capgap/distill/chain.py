@@ -8,7 +8,8 @@ becomes the next stage's teacher. The final student is made from the last assist
 task=distill as usual.
 
 `distill.chain`: explicit assistant sizes, largest first. `distill.assistants=auto`: sizes
-S·k, S·k², … below T at the law's ratio k = T*/S, from a fit of the store when it has one.
+S·k, S·k², … below T at the law's ratio k = T*/S, from a fit of the run's study in the store
+when it has one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from capgap.budget import token_budget
 from capgap.distill.config import from_config
 from capgap.errors import CapgapError
 from capgap.law.sizes import format_size, parse_size
+from capgap.law.studies import DEFAULT
 from capgap.models.params import count_params
 from capgap.run_id import config_hash, teacher_id
 from capgap.student import make_student, target_size
@@ -30,15 +32,14 @@ from capgap.terminal import announce, report
 DEFAULT_RATIO = 2.5  # the paper's T* ≈ 2.5·S when no fit of our own exists
 
 
-def law_ratio(store_url, student_size: int) -> float:
-    """k = T*/S at this student size from the store's fit; DEFAULT_RATIO when it cannot be
-    fitted yet (too few points) or the fit gives no teacher larger than the student."""
-    from capgap.law.fit import fit, points_from_rows
+def law_ratio(store_url, student_size: int, study: str = DEFAULT) -> float:
+    """k = T*/S at this student size from the fit of `study` in the store; DEFAULT_RATIO when
+    it cannot be fitted yet (too few points) or the fit gives no teacher larger than the student."""
     from capgap.law.store import Store
+    from capgap.law.study_fit import study_law
 
-    store = Store(store_url)
     try:
-        law = fit(points_from_rows(store.results(), f"store {store.name}"), n_boot=1)
+        law = study_law(Store(store_url), study, n_boot=1)
     except CapgapError:
         return DEFAULT_RATIO
     k = (law.a * student_size + law.b) / student_size
@@ -83,7 +84,8 @@ def planned_sizes(cfg, teacher) -> list[int]:
                           f"student.init={cfg.student.init} (use student=pruned)")
     t = count_params(teacher)["total"]
     s = target_size(cfg, teacher) or int(t * (1 - cfg.prune.sparsity))
-    return assistant_sizes(d, t, s, ratio=lambda: law_ratio(cfg.store.get("url"), s))
+    study = cfg.get("study") or DEFAULT
+    return assistant_sizes(d, t, s, ratio=lambda: law_ratio(cfg.store.get("url"), s, study))
 
 
 def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes: list[int],
