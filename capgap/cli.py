@@ -156,12 +156,16 @@ def cmd_predict(args):
 
 
 def cmd_report(args):
+    from capgap.law.store import STATUSES
+    from capgap.law.studies import pick
+
     store = _store(args.store)
     held = store.studies()
     if args.study is not None:
-        _study(store, args.study)  # an unknown study is an error, not an empty report
+        pick(held, args.study, f"store {store.name}")  # an unknown study is an error, not an empty report
+    shown = [held[args.study]] if args.study is not None else list(held.values())
+    counts = {s: sum(c[s] for c in shown) for s in STATUSES}
     rows = store.results(status=None, study=args.study)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
     print(f"store {store.name}{f' study {args.study}' if args.study else ''}: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()))
     print(f"studies ({len(held)}): " + ("; ".join(
