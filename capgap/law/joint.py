@@ -57,7 +57,6 @@ class JointResult:
     chi2: float  # reduced χ² against the seed spread (NaN with one seed per cell)
     samples: np.ndarray  # bootstrap (a, b)
     optima: np.ndarray  # bootstrap T*(S) per student: (n_boot, students)
-    sigma: np.ndarray  # seed spread per student used for the weights (NaN: unweighted)
 
 
 def n_params(cells: Cells) -> int:
@@ -152,4 +151,4 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
         optima.append(ab[0] * cells.student + ab[1])
     samples = np.array(samples).reshape(-1, 2) if samples else np.array([[a, b]])
     optima = np.array(optima).reshape(-1, G) if optima else (a * cells.student + b)[None]
-    return JointResult(a, b, floor, curv, r2, chi2, samples, optima, sigma)
+    return JointResult(a, b, floor, curv, r2, chi2, samples, optima)
