@@ -15,6 +15,7 @@ from capgap import training
 from capgap.atomic import build_once
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
+from capgap.distributed import is_rank_zero
 from capgap.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
@@ -63,7 +64,7 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
         (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
         made["model"] = model
 
-    if build_once(folder / "model", build, collective=True):
+    if build_once(folder / "model", build, secondary=not is_rank_zero()):
         shutil.rmtree(folder / "ckpt", ignore_errors=True)
         if "model" in made:
             return made["model"].eval(), tokenizer

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from capgap.atomic import build_once
 from capgap.cache import default_cache_dir
 from capgap.distill.chunked import lm_loss
+from capgap.distributed import is_rank_zero
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
@@ -162,8 +163,8 @@ def cached_scores(path: Path, compute) -> Scores:
         made["scores"] = compute()
         torch.save(made["scores"].to_dict(), tmp / path.name)
 
-    # collective: under DDP every rank scores its share; rank 0 publishes
-    build_once(path.parent, build, collective=True)
+    # under DDP every rank scores its share; rank 0 publishes
+    build_once(path.parent, build, secondary=not is_rank_zero())
     return made.get("scores") or load_scores(path)
 
 
