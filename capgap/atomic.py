@@ -18,9 +18,11 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from filelock import FileLock, Timeout
+
+T = TypeVar("T")
 
 # temp names carry the writer's host and pid, so a later job can tell debris of a killed
 # writer (dead pid on this host) from a write in progress, and remove only the former
@@ -211,3 +213,20 @@ def build_once(folder: str | Path, build: Callable[[Path], None], secondary: boo
     finally:
         lock.release()
     return True
+
+
+def build_value(folder: str | Path, make: Callable[[], T], save: Callable[[T, Path], None],
+                load: Callable[[Path], T], secondary: bool = False) -> tuple[T, bool]:
+    """(value, built): build_once of an entry that holds one value. The job that builds it
+    keeps what make() returned rather than reading back what save(value, tmp) just wrote
+    (a model or a tensor: reading it back costs time and memory twice); the others
+    load(folder) it. `secondary` as for build_once."""
+    made = []
+
+    def build(tmp: Path):
+        made.append(make())
+        save(made[0], tmp)
+
+    if build_once(folder, build, secondary=secondary):
+        return made[0], True
+    return load(Path(folder)), False

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from capgap import training
-from capgap.atomic import build_once
+from capgap.atomic import build_value
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
 from capgap.distributed import is_rank_zero
@@ -20,6 +20,8 @@ from capgap.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
 from capgap.terminal import announce
+
+METRICS = "pretrain_metrics.json"  # beside the model in its cache entry
 
 
 def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_dir: Path,
@@ -46,9 +48,8 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
     that ask for it at once wait for the first one's pretraining and then load its result."""
     tokenizer = micro_tokenizer(model_cfg, cfg)
     folder = cache_folder(model_cfg, cfg, tokenizer)
-    made = {}
 
-    def build(tmp: Path):
+    def make():
         announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded "
                                 "corpus (once; cached)")
         torch.manual_seed(cfg.pretrain.seed)
@@ -59,16 +60,22 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
         # a killed pretraining resumes from folder/ckpt on the next run (under the same lock)
         model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
                                   Path(run_dir or folder / "logs"), folder / "ckpt", cfg.get("logger"))
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
-        made["model"] = model
+        return model, tokenizer, metrics
 
-    if build_once(folder / "model", build, secondary=not is_rank_zero()):
+    def save(made, tmp: Path):
+        model, tok, metrics = made
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=1))
+
+    def load(path: Path):
+        model, tok = load_local(path, key=f"cached teacher {folder}")
+        return model, tok, json.loads((path / METRICS).read_text())
+
+    (model, tok, _), built = build_value(folder / "model", make, save, load, secondary=not is_rank_zero())
+    if built:
         shutil.rmtree(folder / "ckpt", ignore_errors=True)
-        if "model" in made:
-            return made["model"].eval(), tokenizer
-    return load_local(folder / "model", key=f"cached teacher {folder}")
+    return model.eval(), tok
 
 
 def load_teacher(model_cfg, cfg):

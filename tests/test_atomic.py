@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from capgap.atomic import MARKER, build_once, entry_problem, is_temp, sweep_stale, write_atomic
+from capgap.atomic import MARKER, build_once, build_value, entry_problem, is_temp, sweep_stale, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,6 +97,21 @@ def test_node_one_builds_beside_the_lock_holder_and_publishes_nothing(tmp_path, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_build_value_keeps_what_it_made_and_loads_what_another_made(tmp_path):
+    entry, loads = tmp_path / "entry", []
+    made = object()  # not what load returns: the builder must get this very object back
+
+    def save(value, tmp):
+        (tmp / "v.txt").write_text("42")
+
+    def load(folder):
+        loads.append(folder)
+        return int((folder / "v.txt").read_text())
+
+    assert build_value(entry, lambda: made, save, load) == (made, True) and loads == []
+    assert build_value(entry, lambda: made, save, load) == (42, False) and loads == [entry]
 
 
 def test_truncated_file_is_reported_in_one_line_and_rebuilt(tmp_path, capsys):
