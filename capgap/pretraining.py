@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -43,9 +44,17 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
     return module.model, metrics
 
 
-def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
-    """(model, tokenizer) of a micro teacher, pretraining it first if it is not cached. Jobs
-    that ask for it at once wait for the first one's pretraining and then load its result."""
+class Pretrained(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: object
+    folder: Path  # the cache entry the model is saved in
+    built: bool  # whether this call pretrained it (task=pretrain reports a reused cache)
+    metrics: dict  # of its pretraining, whichever job ran it
+
+
+def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None) -> Pretrained:
+    """A micro teacher, pretrained first if it is not cached. Jobs that ask for it at once
+    wait for the first one's pretraining and then load its result."""
     tokenizer = micro_tokenizer(model_cfg, cfg)
     folder = cache_folder(model_cfg, cfg, tokenizer)
 
@@ -72,14 +81,16 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
         model, tok = load_local(path, key=f"cached teacher {folder}")
         return model, tok, json.loads((path / METRICS).read_text())
 
-    (model, tok, _), built = build_value(folder / "model", make, save, load, secondary=not is_rank_zero())
+    (model, tok, metrics), built = build_value(folder / "model", make, save, load,
+                                               secondary=not is_rank_zero())
     if built:
         shutil.rmtree(folder / "ckpt", ignore_errors=True)
-    return model.eval(), tok
+    return Pretrained(model.eval(), tok, folder / "model", built, metrics)
 
 
 def load_teacher(model_cfg, cfg):
     """models.zoo.load_model, pretraining a micro teacher first when the cache has none."""
     if model_cfg.get("source") == "micro" and not model_cfg.get("path"):
-        return pretrained_micro(model_cfg, cfg)
+        made = pretrained_micro(model_cfg, cfg)
+        return made.model, made.tokenizer
     return load_model(model_cfg, cfg)

@@ -119,15 +119,10 @@ def load_tokenizer(model_cfg, cfg):
 
 def load_model(model_cfg, cfg):
     """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode. A micro teacher
-    must be pretrained already (capgap.pretraining.load_teacher makes it when it is not)."""
+    without a path is capgap.pretraining.load_teacher's: it may need pretraining first, and
+    models never train."""
     if model_cfg.get("path"):
         model, tok = load_local(model_cfg.path)
-    elif model_cfg.source == "micro":
-        folder = micro.model_folder(model_cfg, cfg, micro.micro_tokenizer(model_cfg, cfg))
-        if not (folder / "config.json").is_file():
-            raise CapgapError(f"teacher={model_cfg.name} is not pretrained yet: "
-                              f"python run.py task=pretrain teacher={model_cfg.name}")
-        model, tok = load_local(folder, key=f"cached teacher {folder.parent}")
     elif model_cfg.source == "gguf":
         model, tok = load_local(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
     elif model_cfg.source == "hub":
