@@ -18,9 +18,11 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from filelock import FileLock, Timeout
+
+T = TypeVar("T")
 
 # temp names carry the writer's host and pid, so a later job can tell debris of a killed
 # writer (dead pid on this host) from a write in progress, and remove only the former
@@ -165,28 +167,23 @@ def entry_problem(folder: str | Path) -> str | None:
     return None
 
 
-def _secondary_rank() -> bool:
-    # the env names Lightning reads for a process's rank (its launcher, torchrun, SLURM)
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name]) > 0
-    return False
-
-
-def build_once(folder: str | Path, build: Callable[[Path], None], collective: bool = False) -> bool:
+def build_once(folder: str | Path, build: Callable[[Path], None], secondary: bool = False) -> bool:
     """Make sure `folder` is a complete cache entry: if it is not, `build(tmp)` fills a temp
     folder under the entry's lock, the manifest (sizes, checksums) goes in last and the folder
     is renamed into place. Jobs that wait for the lock reuse what the first one built. A
     corrupt entry (a file truncated or changed since) is reported in one line and rebuilt.
     Returns whether this call built it.
 
-    `collective`: the build runs a distributed fit; the secondary ranks of that job build
-    alongside rank 0 (it holds the lock and publishes), without the lock they would wait on.
+    `secondary`: this process is a rank > 0 of a distributed job whose build is collective (a
+    DDP fit). It builds alongside rank 0, which holds the lock and publishes; taking the lock
+    would wait for rank 0, which waits for this rank inside the fit. The caller decides, with
+    capgap.distributed.is_rank_zero: that module reads the process group and every launcher's
+    variables, and this one must not import torch (builders start in their own processes).
     """
     folder = Path(folder)
     if entry_problem(folder) is None:
         return False
-    if collective and _secondary_rank():
+    if secondary:
         tmp = _tmp_name(folder)
         tmp.mkdir(parents=True)
         try:
@@ -216,3 +213,20 @@ def build_once(folder: str | Path, build: Callable[[Path], None], collective: bo
     finally:
         lock.release()
     return True
+
+
+def build_value(folder: str | Path, make: Callable[[], T], save: Callable[[T, Path], None],
+                load: Callable[[Path], T], secondary: bool = False) -> tuple[T, bool]:
+    """(value, built): build_once of an entry that holds one value. The job that builds it
+    keeps what make() returned rather than reading back what save(value, tmp) just wrote
+    (a model or a tensor: reading it back costs time and memory twice); the others
+    load(folder) it. `secondary` as for build_once."""
+    made = []
+
+    def build(tmp: Path):
+        made.append(make())
+        save(made[0], tmp)
+
+    if build_once(folder, build, secondary=secondary):
+        return made[0], True
+    return load(Path(folder)), False

@@ -32,11 +32,6 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 @contextmanager
 def one_job_per_rank():
     """Run one Hydra job so that Lightning's DDP children run this job and only this one."""

@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
 
 from capgap import training
-from capgap.atomic import build_once
+from capgap.atomic import build_value
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
+from capgap.distributed import is_rank_zero
 from capgap.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
 from capgap.terminal import announce
+
+METRICS = "pretrain_metrics.json"  # beside the model in its cache entry
 
 
 def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_dir: Path,
@@ -40,14 +44,21 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
     return module.model, metrics
 
 
-def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
-    """(model, tokenizer) of a micro teacher, pretraining it first if it is not cached. Jobs
-    that ask for it at once wait for the first one's pretraining and then load its result."""
+class Pretrained(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: object
+    folder: Path  # the cache entry the model is saved in
+    built: bool  # whether this call pretrained it (task=pretrain reports a reused cache)
+    metrics: dict  # of its pretraining, whichever job ran it
+
+
+def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None) -> Pretrained:
+    """A micro teacher, pretrained first if it is not cached. Jobs that ask for it at once
+    wait for the first one's pretraining and then load its result."""
     tokenizer = micro_tokenizer(model_cfg, cfg)
     folder = cache_folder(model_cfg, cfg, tokenizer)
-    made = {}
 
-    def build(tmp: Path):
+    def make():
         announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded "
                                 "corpus (once; cached)")
         torch.manual_seed(cfg.pretrain.seed)
@@ -58,20 +69,28 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None):
         # a killed pretraining resumes from folder/ckpt on the next run (under the same lock)
         model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
                                   Path(run_dir or folder / "logs"), folder / "ckpt", cfg.get("logger"))
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1))
-        made["model"] = model
+        return model, tokenizer, metrics
 
-    if build_once(folder / "model", build, collective=True):
+    def save(made, tmp: Path):
+        model, tok, metrics = made
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=1))
+
+    def load(path: Path):
+        model, tok = load_local(path, key=f"cached teacher {folder}")
+        return model, tok, json.loads((path / METRICS).read_text())
+
+    (model, tok, metrics), built = build_value(folder / "model", make, save, load,
+                                               secondary=not is_rank_zero())
+    if built:
         shutil.rmtree(folder / "ckpt", ignore_errors=True)
-        if "model" in made:
-            return made["model"].eval(), tokenizer
-    return load_local(folder / "model", key=f"cached teacher {folder}")
+    return Pretrained(model.eval(), tok, folder / "model", built, metrics)
 
 
 def load_teacher(model_cfg, cfg):
     """models.zoo.load_model, pretraining a micro teacher first when the cache has none."""
     if model_cfg.get("source") == "micro" and not model_cfg.get("path"):
-        return pretrained_micro(model_cfg, cfg)
+        made = pretrained_micro(model_cfg, cfg)
+        return made.model, made.tokenizer
     return load_model(model_cfg, cfg)

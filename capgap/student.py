@@ -15,7 +15,6 @@ from capgap.data.token_cache import cache_key
 from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
 from capgap.models.params import count_params
-from capgap.prune.masks import PLACEMENT
 from capgap.prune.planner import make_plan
 from capgap.prune.pruner_module import PrunerModule
 from capgap.prune.scores import baseline_scores, block_influence, cache_path, cached_scores
@@ -61,7 +60,7 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
         raise CapgapError(f"prune.n_batches={p.n_batches} must be at least 1")
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
     path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches,
-                      method=f"expressiveness/{PLACEMENT}", root=cfg.paths.cache_dir)
+                      method="expressiveness", root=cfg.paths.cache_dir)
     return cached_scores(path, lambda: _score(cfg, teacher, tokenizer))
 
 

@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from capgap.atomic import MARKER, build_once, entry_problem, is_temp, sweep_stale, write_atomic
+from capgap.atomic import MARKER, build_once, build_value, entry_problem, is_temp, sweep_stale, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,52 @@ def test_killed_builder_leaves_no_entry_and_no_debris(tmp_path):
     assert again.communicate(timeout=30)[0].split()[-1] == "built"
     assert entry_problem(entry) is None
     assert not [p for p in entry.parent.iterdir() if is_temp(p.name)]
+
+
+def test_node_one_builds_beside_the_lock_holder_and_publishes_nothing(tmp_path, monkeypatch):
+    # rank 0 of node 1 in a multi-node job: NODE_RANK alone says it is not global rank 0.
+    # Were it to wait for the lock that node 0's rank 0 holds through the collective fit, both
+    # would wait on each other for ever.
+    from capgap.distributed import is_rank_zero
+
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert not is_rank_zero()
+    entry, log = tmp_path / "cache" / "entry", tmp_path / "log"
+    holder = builder(entry, log, pause=60)
+    try:
+        deadline = time.time() + 30
+        while not log.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        built, result = [], []
+        # a thread, so that a build that waits for the lock fails the test instead of hanging it
+        t = threading.Thread(daemon=True, target=lambda: result.append(
+            build_once(entry, lambda tmp: built.append((tmp / "a.bin").write_bytes(b"y")),
+                       secondary=not is_rank_zero())))
+        t.start()
+        t.join(timeout=20)
+        assert result == [True] and built == [1]
+        # only rank 0 publishes: the entry is still the holder's to make
+        assert entry_problem(entry) == "missing"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_build_value_keeps_what_it_made_and_loads_what_another_made(tmp_path):
+    entry, loads = tmp_path / "entry", []
+    made = object()  # not what load returns: the builder must get this very object back
+
+    def save(value, tmp):
+        (tmp / "v.txt").write_text("42")
+
+    def load(folder):
+        loads.append(folder)
+        return int((folder / "v.txt").read_text())
+
+    assert build_value(entry, lambda: made, save, load) == (made, True) and loads == []
+    assert build_value(entry, lambda: made, save, load) == (42, False) and loads == [entry]
 
 
 def test_truncated_file_is_reported_in_one_line_and_rebuilt(tmp_path, capsys):

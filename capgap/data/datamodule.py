@@ -43,6 +43,10 @@ class CorpusDataModule(L.LightningDataModule):
         self.train_steps: int | None = None  # batches one fit draws (training.fit sets it)
 
     def prepare_data(self):
+        # Lightning calls this at every fit and validate of a job: the entry the first call
+        # found serves them all, and checking it again would hash every file of it anew
+        if self.folder is not None:
+            return
         self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
 
     def setup(self, stage: str | None = None):

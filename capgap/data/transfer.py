@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from capgap.atomic import build_once
+from capgap.atomic import build_value
 from capgap.data.blocks import IGNORE
 from capgap.errors import CapgapError
 
@@ -115,15 +115,8 @@ def generated_path(cache_dir, key: dict) -> Path:
 def cached_blocks(path: Path, make) -> tuple[torch.Tensor, bool]:
     """(blocks, made): the cache entry of `path`, made by make() once under its lock (jobs
     that ask at once wait for the first one's sampling and reuse it)."""
-    made = {}
-
-    def build(tmp: Path):
-        made["blocks"] = make()
-        torch.save(made["blocks"], tmp / path.name)
-
-    built = build_once(path.parent, build)
-    blocks = made["blocks"] if "blocks" in made else torch.load(path, weights_only=True)
-    return blocks, built
+    return build_value(path.parent, make, lambda blocks, tmp: torch.save(blocks, tmp / path.name),
+                       lambda folder: torch.load(folder / path.name, weights_only=True))
 
 
 def strategy(d) -> dict:

@@ -30,7 +30,3 @@ def cache_folder(model_cfg, cfg, tokenizer) -> Path:
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.paths.cache_dir) / "teachers" / f"{model_cfg.name}-{key}"
 
-
-def model_folder(model_cfg, cfg, tokenizer) -> Path:
-    """Where the pretrained teacher is saved: config.json there means it is ready."""
-    return cache_folder(model_cfg, cfg, tokenizer) / "model"

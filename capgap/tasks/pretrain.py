@@ -1,10 +1,8 @@
 """task=pretrain: make (or reuse) a micro teacher and report its held-out loss."""
 
-import json
 import time
 
 from capgap.errors import CapgapError
-from capgap.models import micro
 from capgap.pretraining import pretrained_micro
 from capgap.terminal import report
 
@@ -15,14 +13,11 @@ def run(cfg, run_dir) -> dict:
         raise CapgapError(f"task=pretrain makes the offline micro family; teacher={t.name} comes "
                           "pretrained (use it in task=prune, distill or study)")
     start = time.perf_counter()
-    tokenizer = micro.micro_tokenizer(t, cfg)
-    folder = micro.cache_folder(t, cfg, tokenizer)
-    cached = (folder / "model" / "config.json").is_file()
-    pretrained_micro(t, cfg, run_dir=run_dir)
-    m = json.loads((folder / "model" / "pretrain_metrics.json").read_text())
+    made = pretrained_micro(t, cfg, run_dir=run_dir)
+    m, cached = made.metrics, not made.built
     metrics = {"teacher": t.name, "val_loss": m["val/loss"], "val_ppl": m["val/ppl"],
                "unigram_entropy": m["unigram_entropy"], "tokens": m["tokens"], "cached": cached,
-               "teacher_dir": str(folder / "model"), "wall_time_s": time.perf_counter() - start,
+               "teacher_dir": str(made.folder), "wall_time_s": time.perf_counter() - start,
                "objective": m["val/loss"]}
     how = "reused cache" if cached else f"pretrained on {m['tokens']:,} tokens"
     report(f"{t.name}: held-out loss {metrics['val_loss']:.4f} nats/token "
