@@ -55,10 +55,9 @@ class DistillModule(CausalLMModule):
     def __init__(self, student, teacher, loss: KDLoss | None = None, chunk_size: int = CHUNK_SIZE,
                  teacher_dtype: torch.dtype | None = None, terms=None, select=None, callbacks=(),
                  **optim):
-        super().__init__(student, **optim)
+        super().__init__(student, chunk_size=chunk_size, **optim)
         check_vocabularies(teacher, student)
         self.kd_loss = loss or KDLoss()
-        self.chunk_size = chunk_size
         teacher.eval().requires_grad_(False)
         self.teacher_dtype = teacher_dtype  # None: follow the trainer's precision at fit
         if teacher_dtype is not None:
