@@ -88,7 +88,9 @@ def run(args) -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if peak is None and args.device == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
-        peak = get_available_flops(torch.device("cuda"), torch.bfloat16 if "bf16" in args.precision else torch.float32)
+        from capgap.training import precision_dtype
+
+        peak = get_available_flops(torch.device("cuda"), precision_dtype(args.precision) or torch.float32)
     init = copy.deepcopy(student.state_dict())
     best = {"lightning": 0.0, "plain": 0.0}
     for _ in range(args.repeats):
@@ -141,16 +143,16 @@ def plain_loop(args, teacher, student, batches) -> float:
     """The same step written by hand: forward, chunked KD + CE, backward, clip, AdamW, schedule."""
     import torch
 
+    from capgap.training import autocast_for, precision_dtype
+
     dev = torch.device(args.device)
     module = _module(args, teacher, student, len(batches))  # for its optimiser groups and loss only
     module.to(dev)
-    dtype = torch.bfloat16 if "bf16" in args.precision else None
-    teacher.to(device=dev, dtype=dtype)
+    teacher.to(device=dev, dtype=precision_dtype(args.precision))
     module.model.train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if dtype is not None
-                else torch.autocast(dev.type, enabled=False))
+    autocast = autocast_for({"precision": args.precision}, dev)
     t0 = None
     for i, batch in enumerate(batches):
         if i == args.warmup:
