@@ -68,19 +68,20 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args.bench == "distill":
-        from capgap.bench_distill import run
-
-        return run(args)
-    if args.bench == "teacher-dtype":
-        return teacher_dtype(args)
     import torch
 
+    # every bench runs on args.device from here on, child processes included (run_child passes it)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         from capgap.errors import CapgapError
         raise CapgapError("--device cuda: no CUDA device is visible")
+    if args.bench == "distill":
+        from capgap.bench_distill import run
+
+        return run(args, _where(args, torch))
+    if args.bench == "teacher-dtype":
+        return teacher_dtype(args)
     if args.bench == "eval":
         if args.batch is None:
             args.batch = EVAL_BATCH[args.device]
@@ -236,7 +237,7 @@ def teacher_dtype(args):
     from capgap.distill.losses import KDLoss, shift_labels
     from capgap.models.zoo import load_local
 
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(args.device)
     teacher, tok = load_local(args.teacher_path, key="--teacher-path")
     teacher.to(dev).eval()
     torch.manual_seed(0)
@@ -263,9 +264,8 @@ def teacher_dtype(args):
                                       shift_labels(b), KDLoss())
                 total += float(out.kd)
         kd[name] = total / len(blocks)
-    where = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"capgap bench teacher-dtype: {args.teacher_path}, {len(blocks)} x {args.batch} x {args.block} "
-          f"tokens, bf16 autocast, device {where}")
+          f"tokens, bf16 autocast, device {_where(args, torch)}")
     print(f"KD (soft-CE) with fp32 teacher {kd['fp32']:.5f}, with bf16 teacher {kd['bf16']:.5f}: "
           f"change {kd['bf16'] - kd['fp32']:+.5f} ({100 * (kd['bf16'] - kd['fp32']) / kd['fp32']:+.3f}%)")
     return 0

@@ -67,19 +67,15 @@ def defaults(args, cuda: bool):
             setattr(args, key, on_cuda if cuda else on_cpu)
 
 
-def run(args) -> int:
+def run(args, where: str) -> int:
+    """args.device is resolved and checked (capgap.bench.main); `where` names it in the report."""
     import torch
 
-    from capgap.errors import CapgapError
-
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CapgapError("--device cuda: no CUDA device is visible")
     defaults(args, args.device == "cuda")
     teacher, student = build_pair(args.teacher, args.student)
     n_s = sum(p.numel() for p in student.parameters())
     n_t = sum(p.numel() for p in teacher.parameters())
+    flops = _module(args, teacher, student, 1).flops_per_token()  # what MFU counts in training too
     g = torch.Generator().manual_seed(0)
     vocab = student.get_input_embeddings().weight.shape[0]
     n = args.warmup + args.steps
@@ -97,7 +93,7 @@ def run(args) -> int:
         for name, loop in (("lightning", lightning_loop), ("plain", plain_loop)):
             student.load_state_dict(init)  # both loops start from the same weights every time
             best[name] = max(best[name], loop(args, teacher, student, batches))
-    report(args, n_s, n_t, best, peak, torch)
+    report(args, where, n_s, n_t, flops, best, peak, torch)
     return 0
 
 
@@ -172,12 +168,9 @@ def plain_loop(args, teacher, student, batches) -> float:
     return args.steps * args.batch * args.block / (time.perf_counter() - t0)
 
 
-def report(args, n_s, n_t, best, peak, torch):
+def report(args, where, n_s, n_t, flops, best, peak, torch):
     from capgap.law.sizes import format_size
 
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
-    flops = 6 * n_s + 2 * n_t
     print(f"capgap bench distill: teacher {args.teacher} ({format_size(n_t)}), scratch student "
           f"{format_size(n_s)}, random weights; micro-batch {args.batch} x {args.block}, {args.precision}")
     print(f"  device {where}, torch {torch.__version__}; {args.steps} timed steps after {args.warmup}, "

@@ -47,3 +47,12 @@ def test_distill_bench_reports_both_loops_and_their_ratio(capsys):
     assert ratio == pytest.approx(rows["lightning"][0] / rows["plain"][0], abs=2e-3)
     flops = float(re.search(r"6·N_S \+ 2·N_T = ([\d.e+]+)", text)[1])
     assert rows["plain"][1] == pytest.approx(100 * rows["plain"][0] * flops / 1e12, abs=0.06)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("sub", [["teacher-dtype", "--teacher-path", "t", "--data", "d"], ["distill"], ["eval"]])
+def test_every_bench_refuses_device_cuda_without_cuda(sub):
+    from capgap.errors import CapgapError
+
+    with pytest.raises(CapgapError, match="no CUDA device is visible"):
+        bench.main([*sub, "--device", "cuda"])
