@@ -58,7 +58,8 @@ def parser():
 
     td = sub.add_parser("teacher-dtype", help="KD loss with the teacher in bf16 vs fp32, bf16 autocast")
     td.add_argument("--teacher-path", required=True, help="an HF checkpoint folder (a trained teacher)")
-    td.add_argument("--data", required=True, help="a text or .jsonl file to draw blocks from")
+    td.add_argument("--data", required=True, help="a .txt, .jsonl or .parquet file, or a folder of them, "
+                    "read as data=local reads it")
     td.add_argument("--batches", type=int, default=8)
     td.add_argument("--batch", type=int, default=8)
     td.add_argument("--block", type=int, default=128)
@@ -229,12 +230,13 @@ def teacher_dtype(args):
     """The KD term of the paper's loss on held-out blocks, student fixed, teacher in fp32 and in
     bf16, both under the bf16 autocast that bf16-mixed training runs in."""
     import copy
-    import json as _json
 
     import torch
 
+    from capgap.data.sources import local_documents
     from capgap.distill.chunked import chunked_kd_loss
     from capgap.distill.losses import KDLoss, shift_labels
+    from capgap.errors import CapgapError
     from capgap.models.zoo import load_local
 
     dev = torch.device(args.device)
@@ -246,11 +248,13 @@ def teacher_dtype(args):
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.5 * p.std() * torch.randn_like(p))
-    lines = open(args.data, encoding="utf-8").read().splitlines()
-    text = "\n".join(_json.loads(x).get("text", "") if x.lstrip().startswith("{") else x for x in lines)
-    ids = torch.tensor(tok(text)["input_ids"])
+    # the corpus read as data=local reads it, so a training corpus can be passed as it is
+    ids = torch.tensor(tok("\n".join(local_documents(args.data)))["input_ids"])
     n = args.batch * args.block
     blocks = [ids[i * n:(i + 1) * n].view(args.batch, args.block) for i in range(min(args.batches, len(ids) // n))]
+    if not blocks:
+        raise CapgapError(f"--data={args.data}: {len(ids)} tokens, fewer than one batch of "
+                          f"{args.batch} x {args.block} (lower --batch or --block, or give more text)")
     kd = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         t = copy.deepcopy(teacher).to(dtype)
