@@ -122,9 +122,10 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     world = world_size(trainer_cfg)
     # Lightning counts val_check_interval in micro-batches of one process, and refuses one
     # longer than an epoch (under DDP its DistributedSampler makes an epoch one pass of the
-    # corpus); short runs still evaluate at their end
-    datamodule.train_steps = None  # a length query: one pass of the corpus
-    batches = max(1, len(datamodule.train_dataloader()) // world)
+    # corpus); short runs still evaluate at their end. One pass of the corpus is what
+    # train_dataloader() yields without train_steps: len(train_set) samples, drop_last
+    # (tests/test_training.py holds the two equal)
+    batches = max(1, len(datamodule.train_set) // datamodule.batch_size // world)
     interval = trainer_cfg.get("val_check_interval")
     interval = min(interval * accum if interval else batches, batches, max_steps * accum)
     # then the loader yields exactly this run's micro-batches: one epoch, so a resume never
