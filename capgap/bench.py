@@ -58,7 +58,8 @@ def parser():
 
     td = sub.add_parser("teacher-dtype", help="KD loss with the teacher in bf16 vs fp32, bf16 autocast")
     td.add_argument("--teacher-path", required=True, help="an HF checkpoint folder (a trained teacher)")
-    td.add_argument("--data", required=True, help="a text or .jsonl file to draw blocks from")
+    td.add_argument("--data", required=True, help="a .txt, .jsonl or .parquet file, or a folder of them, "
+                    "read as data=local reads it")
     td.add_argument("--batches", type=int, default=8)
     td.add_argument("--batch", type=int, default=8)
     td.add_argument("--block", type=int, default=128)
@@ -68,19 +69,20 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args.bench == "distill":
-        from capgap.bench_distill import run
-
-        return run(args)
-    if args.bench == "teacher-dtype":
-        return teacher_dtype(args)
     import torch
 
+    # every bench runs on args.device from here on, child processes included (run_child passes it)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         from capgap.errors import CapgapError
         raise CapgapError("--device cuda: no CUDA device is visible")
+    if args.bench == "distill":
+        from capgap.bench_distill import run
+
+        return run(args, _where(args, torch))
+    if args.bench == "teacher-dtype":
+        return teacher_dtype(args)
     if args.bench == "eval":
         if args.batch is None:
             args.batch = EVAL_BATCH[args.device]
@@ -228,15 +230,16 @@ def teacher_dtype(args):
     """The KD term of the paper's loss on held-out blocks, student fixed, teacher in fp32 and in
     bf16, both under the bf16 autocast that bf16-mixed training runs in."""
     import copy
-    import json as _json
 
     import torch
 
+    from capgap.data.sources import local_documents
     from capgap.distill.chunked import chunked_kd_loss
     from capgap.distill.losses import KDLoss, shift_labels
+    from capgap.errors import CapgapError
     from capgap.models.zoo import load_local
 
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(args.device)
     teacher, tok = load_local(args.teacher_path, key="--teacher-path")
     teacher.to(dev).eval()
     torch.manual_seed(0)
@@ -245,11 +248,13 @@ def teacher_dtype(args):
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.5 * p.std() * torch.randn_like(p))
-    lines = open(args.data, encoding="utf-8").read().splitlines()
-    text = "\n".join(_json.loads(x).get("text", "") if x.lstrip().startswith("{") else x for x in lines)
-    ids = torch.tensor(tok(text)["input_ids"])
+    # the corpus read as data=local reads it, so a training corpus can be passed as it is
+    ids = torch.tensor(tok("\n".join(local_documents(args.data)))["input_ids"])
     n = args.batch * args.block
     blocks = [ids[i * n:(i + 1) * n].view(args.batch, args.block) for i in range(min(args.batches, len(ids) // n))]
+    if not blocks:
+        raise CapgapError(f"--data={args.data}: {len(ids)} tokens, fewer than one batch of "
+                          f"{args.batch} x {args.block} (lower --batch or --block, or give more text)")
     kd = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         t = copy.deepcopy(teacher).to(dtype)
@@ -263,9 +268,8 @@ def teacher_dtype(args):
                                       shift_labels(b), KDLoss())
                 total += float(out.kd)
         kd[name] = total / len(blocks)
-    where = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"capgap bench teacher-dtype: {args.teacher_path}, {len(blocks)} x {args.batch} x {args.block} "
-          f"tokens, bf16 autocast, device {where}")
+          f"tokens, bf16 autocast, device {_where(args, torch)}")
     print(f"KD (soft-CE) with fp32 teacher {kd['fp32']:.5f}, with bf16 teacher {kd['bf16']:.5f}: "
           f"change {kd['bf16'] - kd['fp32']:+.5f} ({100 * (kd['bf16'] - kd['fp32']) / kd['fp32']:+.3f}%)")
     return 0

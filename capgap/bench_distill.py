@@ -65,19 +65,15 @@ def defaults(args, cuda: bool):
             setattr(args, key, on_cuda if cuda else on_cpu)
 
 
-def run(args) -> int:
+def run(args, where: str) -> int:
+    """args.device is resolved and checked (capgap.bench.main); `where` names it in the report."""
     import torch
 
-    from capgap.errors import CapgapError
-
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CapgapError("--device cuda: no CUDA device is visible")
     defaults(args, args.device == "cuda")
     teacher, student = build_pair(args.teacher, args.student)
     n_s = sum(p.numel() for p in student.parameters())
     n_t = sum(p.numel() for p in teacher.parameters())
+    flops = _module(args, teacher, student, 1).flops_per_token()  # what MFU counts in training too
     g = torch.Generator().manual_seed(0)
     vocab = student.get_input_embeddings().weight.shape[0]
     n = args.warmup + args.steps
@@ -86,14 +82,16 @@ def run(args) -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if peak is None and args.device == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
-        peak = get_available_flops(torch.device("cuda"), torch.bfloat16 if "bf16" in args.precision else torch.float32)
+        from capgap.training import precision_dtype
+
+        peak = get_available_flops(torch.device("cuda"), precision_dtype(args.precision) or torch.float32)
     init = copy.deepcopy(student.state_dict())
     best = {"lightning": 0.0, "plain": 0.0}
     for _ in range(args.repeats):
         for name, loop in (("lightning", lightning_loop), ("plain", plain_loop)):
             student.load_state_dict(init)  # both loops start from the same weights every time
             best[name] = max(best[name], loop(args, teacher, student, batches))
-    report(args, n_s, n_t, best, peak, torch)
+    report(args, where, n_s, n_t, flops, best, peak, torch)
     return 0
 
 
@@ -139,16 +137,16 @@ def plain_loop(args, teacher, student, batches) -> float:
     """The same step written by hand: forward, chunked KD + CE, backward, clip, AdamW, schedule."""
     import torch
 
+    from capgap.training import autocast_for, precision_dtype
+
     dev = torch.device(args.device)
     module = _module(args, teacher, student, len(batches))  # for its optimiser groups and loss only
     module.to(dev)
-    dtype = torch.bfloat16 if "bf16" in args.precision else None
-    teacher.to(device=dev, dtype=dtype)
+    teacher.to(device=dev, dtype=precision_dtype(args.precision))
     module.model.train()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if dtype is not None
-                else torch.autocast(dev.type, enabled=False))
+    autocast = autocast_for({"precision": args.precision}, dev)
     t0 = None
     for i, batch in enumerate(batches):
         if i == args.warmup:
@@ -168,12 +166,9 @@ def plain_loop(args, teacher, student, batches) -> float:
     return args.steps * args.batch * args.block / (time.perf_counter() - t0)
 
 
-def report(args, n_s, n_t, best, peak, torch):
+def report(args, where, n_s, n_t, flops, best, peak, torch):
     from capgap.law.sizes import format_size
 
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
-    flops = 6 * n_s + 2 * n_t
     print(f"capgap bench distill: teacher {args.teacher} ({format_size(n_t)}), scratch student "
           f"{format_size(n_s)}, random weights; micro-batch {args.batch} x {args.block}, {args.precision}")
     print(f"  device {where}, torch {torch.__version__}; {args.steps} timed steps after {args.warmup}, "

@@ -35,6 +35,21 @@ def resolve_precision(precision) -> str:
     return "32-true"
 
 
+def precision_dtype(precision) -> torch.dtype | None:
+    """The 16-bit dtype a Lightning precision computes in, None for full precision (32, 64).
+
+    Mixed and true alike: "bf16-mixed", "bf16-true" and Lightning's alias "bf16" give bfloat16;
+    "16-mixed", "16-true" and "16" give float16. The one rule for every pass that has to match
+    training's arithmetic (autocast outside the Trainer, the teacher's weights, the benchmark).
+    """
+    precision = resolve_precision(precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return None
+
+
 def is_fsdp(trainer_cfg) -> bool:
     s = trainer_cfg.get("strategy")
     name = s if isinstance(s, str) else (s or {}).get("_target_", "")
@@ -68,13 +83,10 @@ def device_for(trainer_cfg) -> torch.device:
 
 def autocast_for(trainer_cfg, device: torch.device):
     """The training precision's autocast for passes outside the Trainer (teacher scoring,
-    selection, generation), so they compute as training does."""
-    precision = resolve_precision(trainer_cfg.get("precision"))
-    if precision.startswith("bf16") and "mixed" in precision:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision.startswith("16") and "mixed" in precision:
-        return torch.autocast(device.type, dtype=torch.float16)
-    return nullcontext()
+    selection, generation), so they compute as training does. Under *-true training the models
+    train with 16-bit weights; autocast brings the fp32 models of these passes to that arithmetic."""
+    dtype = precision_dtype(trainer_cfg.get("precision"))
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def build_trainer(trainer_cfg, **overrides) -> L.Trainer:
@@ -110,9 +122,10 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     world = world_size(trainer_cfg)
     # Lightning counts val_check_interval in micro-batches of one process, and refuses one
     # longer than an epoch (under DDP its DistributedSampler makes an epoch one pass of the
-    # corpus); short runs still evaluate at their end
-    datamodule.train_steps = None  # a length query: one pass of the corpus
-    batches = max(1, len(datamodule.train_dataloader()) // world)
+    # corpus); short runs still evaluate at their end. One pass of the corpus is what
+    # train_dataloader() yields without train_steps: len(train_set) samples, drop_last
+    # (tests/test_training.py holds the two equal)
+    batches = max(1, len(datamodule.train_set) // datamodule.batch_size // world)
     interval = trainer_cfg.get("val_check_interval")
     interval = min(interval * accum if interval else batches, batches, max_steps * accum)
     # then the loader yields exactly this run's micro-batches: one epoch, so a resume never

@@ -47,3 +47,37 @@ def test_distill_bench_reports_both_loops_and_their_ratio(capsys):
     assert ratio == pytest.approx(rows["lightning"][0] / rows["plain"][0], abs=2e-3)
     flops = float(re.search(r"6·N_S \+ 2·N_T = ([\d.e+]+)", text)[1])
     assert rows["plain"][1] == pytest.approx(100 * rows["plain"][0] * flops / 1e12, abs=0.06)
+
+
+def test_teacher_dtype_bench_reads_a_jsonl_corpus_as_data_local_does(tmp_path, capsys):
+    from tiny_checkpoint import make_checkpoint, write_corpus
+
+    teacher = make_checkpoint(tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs=40)
+    assert bench.main(["teacher-dtype", "--teacher-path", str(teacher), "--data", str(corpus),
+                       "--batches", "2", "--batch", "2", "--block", "32", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "2 x 2 x 32 tokens" in text and "device cpu, " in text
+    fp32, bf16 = map(float, re.search(r"fp32 teacher ([\d.]+), with bf16 teacher ([\d.]+)", text).groups())
+    assert fp32 > 0 and bf16 > 0
+
+
+def test_teacher_dtype_bench_refuses_a_corpus_shorter_than_one_batch(tmp_path):
+    from tiny_checkpoint import make_checkpoint
+
+    from capgap.errors import CapgapError
+
+    teacher = make_checkpoint(tmp_path / "teacher")
+    (tmp_path / "short.txt").write_text("the law of capacity gap")
+    with pytest.raises(CapgapError, match="fewer than one batch"):
+        bench.main(["teacher-dtype", "--teacher-path", str(teacher), "--data", str(tmp_path / "short.txt"),
+                    "--device", "cpu"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("sub", [["teacher-dtype", "--teacher-path", "t", "--data", "d"], ["distill"], ["eval"]])
+def test_every_bench_refuses_device_cuda_without_cuda(sub):
+    from capgap.errors import CapgapError
+
+    with pytest.raises(CapgapError, match="no CUDA device is visible"):
+        bench.main([*sub, "--device", "cuda"])

@@ -5,7 +5,7 @@ total = alpha·CE(labels) + kd_weight·T²·D(teacher, student) + Σ weight_k·t
 The teacher is frozen, in eval mode, run under `torch.no_grad()` (not inference_mode: its
 hidden states feed the terms' graphs) and kept in a tuple, so it is not a submodule:
 Lightning neither optimises it nor writes it into checkpoints. It follows the student to its
-device at the start of fit/validation, in bf16 when training is bf16-mixed
+device at the start of fit/validation, in bf16 when training is bf16, mixed or true
 (distill.teacher_dtype overrides). Its held-out loss is logged by capgap.distill.teacher_eval.
 The KD term comes from the final hidden states through each LM head a chunk of tokens at a
 time (capgap.distill.chunked), so full-vocabulary logits of the batch never exist in training.
@@ -18,6 +18,7 @@ Strategies (capgap.distill.strategy) plug in without changing this file: loss te
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from capgap.data.blocks import IGNORE
@@ -26,6 +27,7 @@ from capgap.distill.losses import KDLoss, shift_labels
 from capgap.distill.teacher_eval import TeacherValidation
 from capgap.errors import CapgapError
 from capgap.lm_module import CausalLMModule
+from capgap.training import precision_dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,10 +57,9 @@ class DistillModule(CausalLMModule):
     def __init__(self, student, teacher, loss: KDLoss | None = None, chunk_size: int = CHUNK_SIZE,
                  teacher_dtype: torch.dtype | None = None, terms=None, select=None, callbacks=(),
                  **optim):
-        super().__init__(student, **optim)
+        super().__init__(student, chunk_size=chunk_size, **optim)
         check_vocabularies(teacher, student)
         self.kd_loss = loss or KDLoss()
-        self.chunk_size = chunk_size
         teacher.eval().requires_grad_(False)
         self.teacher_dtype = teacher_dtype  # None: follow the trainer's precision at fit
         if teacher_dtype is not None:
@@ -93,18 +94,16 @@ class DistillModule(CausalLMModule):
         return super().flops_per_token() + 2 * n_t
 
     def _place_teacher(self):
-        """The teacher on the student's device, in bf16 (fp16) when training is bf16 (fp16)
-        mixed precision: the forward that autocast would run in that precision anyway, at half
-        the memory. distill.teacher_dtype overrides."""
+        """The teacher on the student's device, in bf16 (fp16) when training is bf16 (fp16),
+        mixed or true: the forward that autocast (or the 16-bit student) would run in that
+        precision anyway, at half the memory. distill.teacher_dtype overrides."""
         t, dtype = self.teacher, self.teacher_dtype
         if dtype is None and self._trainer is not None:
-            precision = str(self.trainer.precision)
-            dtype = torch.bfloat16 if precision.startswith("bf16") else (
-                torch.float16 if precision.startswith("16") else None)
+            dtype = precision_dtype(self.trainer.precision)
         p = next(t.parameters())
         if p.device != self.device or (dtype is not None and p.dtype != dtype):
             t.to(device=self.device, dtype=dtype)
-        if self._trainer is not None and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             from capgap.sharding import shard_teacher  # under trainer=fsdp the teacher is sharded too
 
             shard_teacher(t, self.device)
