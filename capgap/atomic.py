@@ -167,30 +167,23 @@ def entry_problem(folder: str | Path) -> str | None:
     return None
 
 
-def build_once(folder: str | Path, build: Callable[[Path], None], secondary: bool = False) -> bool:
-    """Make sure `folder` is a complete cache entry: if it is not, `build(tmp)` fills a temp
-    folder under the entry's lock, the manifest (sizes, checksums) goes in last and the folder
-    is renamed into place. Jobs that wait for the lock reuse what the first one built. A
-    corrupt entry (a file truncated or changed since) is reported in one line and rebuilt.
-    Returns whether this call built it.
+def _publish(folder: Path, build: Callable[[Path], None]) -> None:
+    """Build a missing or corrupt entry into a temp folder and rename it into place; the caller
+    holds the entry's lock."""
+    problem = entry_problem(folder)
+    if problem != "missing":
+        print(f"capgap: warning: cache entry {folder} is corrupt ({problem}); rebuilding",
+              file=sys.stderr, flush=True)
+    print(f"[capgap] building cache entry {folder}", flush=True)
+    start = time.perf_counter()
+    with atomic_dir(folder) as tmp:
+        build(tmp)
+        (tmp / MARKER).write_text(json.dumps({"files": _manifest(tmp)}, indent=1))
+    print(f"[capgap] built cache entry {folder} in {time.perf_counter() - start:.1f}s", flush=True)
 
-    `secondary`: this process is a rank > 0 of a distributed job whose build is collective (a
-    DDP fit). It builds alongside rank 0, which holds the lock and publishes; taking the lock
-    would wait for rank 0, which waits for this rank inside the fit. The caller decides, with
-    capgap.distributed.is_rank_zero: that module reads the process group and every launcher's
-    variables, and this one must not import torch (builders start in their own processes).
-    """
-    folder = Path(folder)
-    if entry_problem(folder) is None:
-        return False
-    if secondary:
-        tmp = _tmp_name(folder)
-        tmp.mkdir(parents=True)
-        try:
-            build(tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return True
+
+@contextmanager
+def _locked(folder: Path):
     lock = lock_for(folder)
     try:
         lock.acquire(timeout=0)
@@ -198,35 +191,64 @@ def build_once(folder: str | Path, build: Callable[[Path], None], secondary: boo
         print(f"[capgap] waiting for another job building cache entry {folder}", flush=True)
         lock.acquire()
     try:
-        problem = entry_problem(folder)
-        if problem is None:  # another job built it while this one waited
-            return False
-        if problem != "missing":
-            print(f"capgap: warning: cache entry {folder} is corrupt ({problem}); rebuilding",
-                  file=sys.stderr, flush=True)
-        print(f"[capgap] building cache entry {folder}", flush=True)
-        start = time.perf_counter()
-        with atomic_dir(folder) as tmp:
-            build(tmp)
-            (tmp / MARKER).write_text(json.dumps({"files": _manifest(tmp)}, indent=1))
-        print(f"[capgap] built cache entry {folder} in {time.perf_counter() - start:.1f}s", flush=True)
+        yield
     finally:
         lock.release()
+
+
+def build_once(folder: str | Path, build: Callable[[Path], None]) -> bool:
+    """Make sure `folder` is a complete cache entry: if it is not, `build(tmp)` fills a temp
+    folder under the entry's lock, the manifest (sizes, checksums) goes in last and the folder
+    is renamed into place. Jobs that wait for the lock reuse what the first one built. A
+    corrupt entry (a file truncated or changed since) is reported in one line and rebuilt.
+    Returns whether this call built it. Under several ranks, rank 0 calls it first
+    (capgap.distributed.Job.zero_first) or the build is collective (build_value_collective).
+    """
+    folder = Path(folder)
+    if entry_problem(folder) is None:
+        return False
+    with _locked(folder):
+        if entry_problem(folder) is None:  # another job built it while this one waited
+            return False
+        _publish(folder, build)
     return True
 
 
 def build_value(folder: str | Path, make: Callable[[], T], save: Callable[[T, Path], None],
-                load: Callable[[Path], T], secondary: bool = False) -> tuple[T, bool]:
+                load: Callable[[Path], T]) -> tuple[T, bool]:
     """(value, built): build_once of an entry that holds one value. The job that builds it
     keeps what make() returned rather than reading back what save(value, tmp) just wrote
     (a model or a tensor: reading it back costs time and memory twice); the others
-    load(folder) it. `secondary` as for build_once."""
+    load(folder) it."""
     made = []
 
     def build(tmp: Path):
         made.append(make())
         save(made[0], tmp)
 
-    if build_once(folder, build, secondary=secondary):
+    if build_once(folder, build):
         return made[0], True
     return load(Path(folder)), False
+
+
+def build_value_collective(folder: str | Path, make: Callable[[], T], save: Callable[[T, Path], None],
+                           load: Callable[[Path], T], job) -> tuple[T, bool]:
+    """build_value where make() is a collective every rank of `job` (capgap.distributed.Job)
+    joins, and whose result every rank gets. Rank 0 holds the entry's lock while it decides
+    whether to build, so no other job can publish between its decision and the ranks'
+    collective; only rank 0 writes, and the others get the value from it."""
+    if job.world_size == 1:
+        return build_value(folder, make, save, load)
+    folder = Path(folder)
+    if not job.is_zero:
+        built = job.broadcast(None)
+        value = make() if built else None
+        return job.broadcast(None), built
+    with _locked(folder):
+        built = job.broadcast(entry_problem(folder) is not None)
+        if built:
+            value = make()
+            _publish(folder, lambda tmp: save(value, tmp))
+        else:
+            value = load(folder)
+    return job.broadcast(value), built

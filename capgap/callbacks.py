@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from capgap import distributed
 from capgap.errors import CapgapError
 from capgap.terminal import announce
 
@@ -57,10 +58,20 @@ class StoreCallback(Callback):
             trainer.logger.log_hyperparams(self.hparams, {"hp/val_loss": loss,
                                                           "hp/val_ppl": metrics.get("val/ppl", math.nan)})
 
+    def setup(self, trainer, pl_module, stage):
+        # a peer rank's failure may leave this rank stuck in a collective: the watchdog that
+        # ends it writes the failed row first
+        distributed.current().on_abort(self.fail)
+
     def on_exception(self, trainer, pl_module, exception):
+        # when another rank failed first, this rank's error is only the collective it left
+        error = distributed.peer_failure() or \
+            f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}"
+        self.fail(error)
+
+    def fail(self, error: str) -> None:
         if self.written:
             return
-        error = f"{type(exception).__name__}: {str(exception).splitlines()[0] if str(exception) else ''}"
         self.store.record({**self.row, "status": "failed", "error": error[:2000],
                            "wall_time_s": time.perf_counter() - self.t0})
         self.written = True
@@ -77,6 +88,8 @@ class FitLawOnMultirunEnd(HydraCallback):
         from capgap.law.studies import DEFAULT
         from capgap.law.study_fit import study_law
 
+        if not distributed.is_rank_zero():  # each node runs the sweep: node 0 fits
+            return
         study = config.get("study") or DEFAULT
         out = Path(config.hydra.sweep.dir)
         try:

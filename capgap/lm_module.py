@@ -29,12 +29,17 @@ class CausalLMModule(L.LightningModule):
         self.warmup_fraction, self.min_lr_ratio, self.total_steps = warmup_fraction, min_lr_ratio, total_steps
         self.log_every = log_every
         self.chunk_size = chunk_size
-        self.val_loss = MeanMetric()
+        self.val_loss = MeanMetric(distributed_available_fn=self.synced)
         # checked only every log_every steps: a per-step .item() would sync the GPU each step
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
         # FLOPs of one training micro-batch, read by Lightning's ThroughputMonitor for MFU;
         # set by whoever knows the batch shape (capgap.training.fit)
         self.flops_per_batch = None
+
+    def synced(self) -> bool:
+        """Whether the metrics gather over ranks: under this module's Trainer's ranks, not
+        whatever process group exists (rank 0 pretrains a micro teacher alone inside a DDP job)."""
+        return self._trainer is not None and self.trainer.world_size > 1
 
     def flops_per_token(self) -> int:
         """6·N per trained token (forward 2N + backward 4N), N the model's parameters."""

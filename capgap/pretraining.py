@@ -16,7 +16,7 @@ from capgap import training
 from capgap.atomic import build_value
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
-from capgap.distributed import is_rank_zero
+from capgap import distributed
 from capgap.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
@@ -29,17 +29,19 @@ def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_d
              logger_cfg=None) -> tuple[torch.nn.Module, dict]:
     """Train `model` from scratch on `tokens` tokens of `data_cfg`; returns final metrics."""
     p = cfg.pretrain
+    # one process, whatever the job's devices: the teacher is a cache entry every device count shares
+    trainer_cfg = training.single_process(cfg.trainer)
     dm = CorpusDataModule(tokenizer, data_cfg, cfg.paths.cache_dir, batch_size=p.batch_size,
                           block_size=p.block_size, seed=p.seed, eval_batches=p.eval_batches,
                           block_key="pretrain.block_size")
     dm.setup()
-    steps = training.steps_for(tokens, dm.tokens_per_batch, cfg.trainer)
+    steps = training.steps_for(tokens, dm.tokens_per_batch, trainer_cfg)
     module = CausalLMModule(model, lr=p.lr, weight_decay=p.weight_decay,
                             warmup_fraction=p.warmup_fraction, min_lr_ratio=p.min_lr_ratio,
                             total_steps=steps)
-    _, metrics = training.fit(module, dm, cfg.trainer, logger_cfg, run_dir, ckpt_dir, steps)
+    _, metrics = training.fit(module, dm, trainer_cfg, logger_cfg, run_dir, ckpt_dir, steps)
     metrics["unigram_entropy"] = unigram_entropy(dm.streams["val"])
-    metrics["tokens"] = steps * training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
+    metrics["tokens"] = steps * training.tokens_per_step(trainer_cfg, dm.tokens_per_batch)
     metrics["steps"] = steps
     return module.model, metrics
 
@@ -54,7 +56,9 @@ class Pretrained(NamedTuple):
 
 def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None) -> Pretrained:
     """A micro teacher, pretrained first if it is not cached. Jobs that ask for it at once
-    wait for the first one's pretraining and then load its result."""
+    wait for the first one's pretraining and then load its result. It is pretrained on one
+    process under the config's pretrain seed, so 1 and N devices, and every `seed=` of a study,
+    share one teacher."""
     tokenizer = micro_tokenizer(model_cfg, cfg)
     folder = cache_folder(model_cfg, cfg, tokenizer)
 
@@ -81,8 +85,9 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None) -> Pretrained:
         model, tok = load_local(path, key=f"cached teacher {folder}")
         return model, tok, json.loads((path / METRICS).read_text())
 
-    (model, tok, metrics), built = build_value(folder / "model", make, save, load,
-                                               secondary=not is_rank_zero())
+    # rank 0 pretrains it on its own device while the other ranks wait, then they load it
+    with distributed.current().zero_first():
+        (model, tok, metrics), built = build_value(folder / "model", make, save, load)
     if built:
         shutil.rmtree(folder / "ckpt", ignore_errors=True)
     return Pretrained(model.eval(), tok, folder / "model", built, metrics)

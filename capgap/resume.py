@@ -68,11 +68,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 @contextmanager
-def claim(ckpt_dir: str | Path):
+def claim(ckpt_dir: str | Path, owner: bool = True):
     """Hold the lock of a checkpoint folder for a run's duration: a second job of the same
     config stops with one line instead of sharing the folder (the OS frees the lock of a
-    killed job, so its rerun is never blocked)."""
+    killed job, so its rerun is never blocked). Only the job's `owner` (its global rank 0)
+    claims; its other ranks use the folder rank 0 holds."""
     ckpt_dir = Path(ckpt_dir)
+    if not owner:
+        yield ckpt_dir
+        return
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # inside the folder, so the run's deletion of the folder takes the lock file with it
     lock = FileLock(ckpt_dir / ".lock")

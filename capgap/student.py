@@ -5,10 +5,14 @@ Data flows one way: teacher → scores (cached) → plan → sliced student.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
+
+from capgap import distributed
 
 from capgap.data.datamodule import CorpusDataModule
 from capgap.data.token_cache import cache_key
@@ -22,7 +26,7 @@ from capgap.prune.slicing import load_pruned, slice_model
 from capgap.run_id import teacher_id
 from capgap.scratch import scratch_model
 from capgap.terminal import announce
-from capgap.training import build_trainer, world_size
+from capgap.training import build_trainer
 
 
 def target_size(cfg, teacher) -> int | None:
@@ -66,21 +70,26 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
 
 def _score(cfg, teacher, tokenizer):
     p = cfg.prune
-    dm = scoring_data(cfg, tokenizer)
-    if len(dm.train_dataloader()) < p.n_batches:
+    loader = scoring_data(cfg, tokenizer).train_dataloader()  # no Trainer yet: the whole stream
+    if len(loader) < p.n_batches:
         raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
-                          f"({len(dm.train_dataloader())} batches of {p.batch_size}x{p.block_size})")
+                          f"({len(loader)} batches of {p.batch_size}x{p.block_size})")
     announce("scoring", f"expressiveness E|dL/dmask| of the teacher on {p.n_batches} batches")
-    # under DDP the N batches are shared out over the ranks (their means are averaged), so
-    # the scores and their cache entry do not depend on the number of devices
-    per_rank = math.ceil(p.n_batches / world_size(cfg.trainer))
+    # the N batches one process would score, shared out: rank r takes r, r + world, ... and
+    # pads to the ranks' common count with weight-0 batches (DDP steps in lockstep), so the
+    # summed scores and their cache entry do not depend on the number of devices
+    job = distributed.current()
+    batches = list(itertools.islice(loader, p.n_batches))
+    per_rank = math.ceil(p.n_batches / job.world_size)
+    mine = [dict(b, weight=1.0) for b in batches[job.rank::job.world_size]]
+    mine += [dict(batches[0], weight=0.0)] * (per_rank - len(mine))
     module = PrunerModule(teacher, n_batches=per_rank)  # the cache entry saves them, not the module
     # no weight moves, so nothing to clip, accumulate, checkpoint or validate; the teacher
     # stays on the device for the passes that follow
     trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=per_rank, logger=False,
                             enable_checkpointing=False, gradient_clip_val=None, limit_val_batches=0,
                             accumulate_grad_batches=1)
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, train_dataloaders=DataLoader(mine, batch_size=None))
     return module.scores
 
 

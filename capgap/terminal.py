@@ -22,6 +22,7 @@ BENIGN = (
     "but have no `val_dataloader`",
     "does not have many workers",             # blocks are in memory: workers would only copy them
     "The number of training batches",         # short runs log less often than log_every_n_steps
+    "when logging on epoch level in distributed",  # the epoch metrics are torchmetrics, synced in compute()
 )
 PACKAGE = str(Path(__file__).resolve().parent)
 

@@ -12,8 +12,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.strategies import DDPStrategy
 
+from capgap import distributed
 from capgap.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
                            uses_cuda, world_size)
 from capgap.errors import CapgapError
@@ -75,10 +79,59 @@ def check_trainer(trainer_cfg) -> None:
 
 def device_for(trainer_cfg) -> torch.device:
     """This process's device under the trainer config, known before the Trainer exists (the
-    teacher's passes before training run there too). LOCAL_RANK is set for DDP children."""
+    teacher's passes before training run there too): its local rank's, whoever started it."""
     if uses_cuda(trainer_cfg):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", distributed.current().topology.local_rank)
     return torch.device("cpu")
+
+
+class RanksEnvironment(ClusterEnvironment):
+    """Tells Lightning the ranks capgap.distributed started (or srun, torchrun, each node did):
+    the processes exist already, so Lightning launches none, and uses the process group that
+    is initialised. Lightning's own environments would each read one launcher's variables."""
+
+    def __init__(self, topology: distributed.Topology):
+        super().__init__()
+        self.t = topology
+        self._world, self._rank = topology.world_size, topology.rank
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    @property
+    def main_address(self) -> str:
+        return self.t.address
+
+    @property
+    def main_port(self) -> int:
+        return self.t.port
+
+    @staticmethod
+    def detect() -> bool:
+        return True
+
+    def world_size(self) -> int:
+        return self._world
+
+    def set_world_size(self, size: int) -> None:
+        self._world = size
+
+    def global_rank(self) -> int:
+        return self._rank
+
+    def set_global_rank(self, rank: int) -> None:
+        self._rank = rank
+
+    def local_rank(self) -> int:
+        return self.t.local_rank
+
+    def node_rank(self) -> int:
+        return self.t.node_rank
+
+
+def _alone() -> RanksEnvironment:
+    return RanksEnvironment(distributed.Topology(0, 0, 0, 1, 1, "single"))
 
 
 def autocast_for(trainer_cfg, device: torch.device):
@@ -89,12 +142,40 @@ def autocast_for(trainer_cfg, device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def build_trainer(trainer_cfg, **overrides) -> L.Trainer:
-    """A Trainer from conf/trainer with capgap's own keys taken out and precision resolved."""
+def single_process(trainer_cfg):
+    """The trainer config on one process, for what rank 0 builds alone: a cache entry (a micro
+    teacher) must not depend on the device count of the job that happened to build it."""
+    out = trainer_cfg.copy()
+    with open_dict(out):
+        out.update(devices=1, num_nodes=None, strategy=None, accumulate_grad_batches=None)
+    return out
+
+
+def build_trainer(trainer_cfg, find_unused: bool = False, **overrides) -> L.Trainer:
+    """A Trainer from conf/trainer with capgap's own keys taken out and precision resolved, on
+    the running job's ranks; a one-device config inside a job of several runs on this process
+    alone (single_process). `find_unused`: a module some of whose parameters sit out some steps
+    (progressive stages) under DDP."""
     kwargs = {k: v for k, v in trainer_cfg.items()
               if k not in CAPGAP_KEYS and not (k in NULL_IS_DEFAULT and v is None)}
-    kwargs.update(overrides)
+    # callbacks the config adds (`+trainer.callbacks=[...]`) join capgap's own
+    callbacks = [*(instantiate(kwargs.pop("callbacks", None)) or []), *overrides.pop("callbacks", [])]
+    kwargs.update(overrides, callbacks=callbacks)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"))
+    # the data modules give each rank its own share of the batches (capgap.data.datamodule):
+    # Lightning's DistributedSampler would pad the validation split and reseed by the job's seed
+    kwargs["use_distributed_sampler"] = False
+    job = distributed.current()
+    if world_size(trainer_cfg) == 1 and job.world_size > 1:
+        local = job.topology.local_rank
+        kwargs.update(devices=[local] if uses_cuda(trainer_cfg) else 1, num_nodes=1, strategy="auto",
+                      plugins=[*(kwargs.get("plugins") or []), _alone()])
+    elif job.world_size > 1:
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), RanksEnvironment(job.topology)]
+        if kwargs.get("strategy") in (None, "auto", "ddp"):
+            # buffers (rotary frequencies, causal masks) never change: broadcasting them before
+            # each forward is a collective that a rank with one evaluation batch fewer never joins
+            kwargs["strategy"] = DDPStrategy(forward_sync_buffers=False, find_unused_parameters=find_unused)
     if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.progress)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StageBar()]
     return instantiate(kwargs)
@@ -108,7 +189,7 @@ def throughput_monitor(window: int) -> ThroughputMonitor:
 
 
 def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Path,
-        max_steps: int, extra_callbacks=()) -> tuple[L.Trainer, dict]:
+        max_steps: int, extra_callbacks=(), find_unused: bool = False) -> tuple[L.Trainer, dict]:
     """Train to `max_steps`, resuming from `ckpt_dir/last.ckpt` when an earlier run of the same
     config was interrupted, then evaluate on the whole validation split.
 
@@ -121,24 +202,25 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     accum = int(trainer_cfg.get("accumulate_grad_batches", 1) or 1)
     world = world_size(trainer_cfg)
     # Lightning counts val_check_interval in micro-batches of one process, and refuses one
-    # longer than an epoch (under DDP its DistributedSampler makes an epoch one pass of the
-    # corpus); short runs still evaluate at their end. One pass of the corpus is what
+    # longer than an epoch; short runs still evaluate at their end. One pass of the corpus is what
     # train_dataloader() yields without train_steps: len(train_set) samples, drop_last
     # (tests/test_training.py holds the two equal)
     batches = max(1, len(datamodule.train_set) // datamodule.batch_size // world)
     interval = trainer_cfg.get("val_check_interval")
     interval = min(interval * accum if interval else batches, batches, max_steps * accum)
-    # then the loader yields exactly this run's micro-batches: one epoch, so a resume never
-    # meets an epoch end (exact on one process; DDP's sampler brings epochs back)
+    # then the loader yields exactly this run's micro-batches, this rank's share of them: one
+    # epoch, so a resume never meets an epoch end
     datamodule.train_steps = max_steps * accum * world
     module.flops_per_batch = module.flops_per_token() * datamodule.tokens_per_batch
     log_every = int(trainer_cfg.get("log_every_n_steps", 10) or 10)
-    trainer = build_trainer(trainer_cfg, max_steps=max_steps, max_epochs=-1, val_check_interval=interval,
+    trainer = build_trainer(trainer_cfg, find_unused=find_unused, max_steps=max_steps, max_epochs=-1,
+                            val_check_interval=interval,
                             logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                             callbacks=[checkpoint, RNGState(), throughput_monitor(log_every * accum),
                                        *extra_callbacks])
     last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    resume = distributed.current().broadcast(last.is_file())  # rank 0's checkpoint, rank 0's word
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     # the periodic evaluation sees a fixed prefix; the final figure uses every validation block
     datamodule.eval_batches = None
     results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]

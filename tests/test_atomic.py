@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from capgap.atomic import MARKER, build_once, build_value, entry_problem, is_temp, sweep_stale, write_atomic
+from capgap.atomic import MARKER, build_once, build_value, build_value_collective, entry_problem, is_temp, sweep_stale, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,35 +68,50 @@ def test_killed_builder_leaves_no_entry_and_no_debris(tmp_path):
     assert not [p for p in entry.parent.iterdir() if is_temp(p.name)]
 
 
-def test_node_one_builds_beside_the_lock_holder_and_publishes_nothing(tmp_path, monkeypatch):
-    # rank 0 of node 1 in a multi-node job: NODE_RANK alone says it is not global rank 0.
-    # Were it to wait for the lock that node 0's rank 0 holds through the collective fit, both
-    # would wait on each other for ever.
-    from capgap.distributed import is_rank_zero
+class FakeJob:
+    """A rank of a 2-process job whose broadcasts return what rank 0 would send."""
 
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("NODE_RANK", "1")
-    assert not is_rank_zero()
+    def __init__(self, rank, sent):
+        self.rank, self.world_size, self.sent = rank, 2, list(sent)
+        self.is_zero = rank == 0
+
+    def broadcast(self, value):
+        return self.sent.pop(0) if not self.is_zero else value
+
+
+def test_a_collective_build_on_rank_one_never_takes_the_entry_lock(tmp_path):
+    # rank 1 of a job whose rank 0 holds the entry's lock through the collective build: were
+    # rank 1 to wait for that lock, both would wait on each other for ever
     entry, log = tmp_path / "cache" / "entry", tmp_path / "log"
     holder = builder(entry, log, pause=60)
     try:
         deadline = time.time() + 30
         while not log.exists() and time.time() < deadline:
             time.sleep(0.05)
-        built, result = [], []
+        made, result = [], []
+        job = FakeJob(1, [True, "rank 0's value"])  # rank 0 says: build; then sends its result
         # a thread, so that a build that waits for the lock fails the test instead of hanging it
-        t = threading.Thread(daemon=True, target=lambda: result.append(
-            build_once(entry, lambda tmp: built.append((tmp / "a.bin").write_bytes(b"y")),
-                       secondary=not is_rank_zero())))
+        t = threading.Thread(daemon=True, target=lambda: result.append(build_value_collective(
+            entry, lambda: made.append(1) or "mine", lambda v, tmp: None, lambda f: "loaded", job)))
         t.start()
         t.join(timeout=20)
-        assert result == [True] and built == [1]
-        # only rank 0 publishes: the entry is still the holder's to make
+        # it joined the collective (make ran), kept rank 0's value, and published nothing
+        assert result == [("rank 0's value", True)] and made == [1]
         assert entry_problem(entry) == "missing"
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_collective_build_on_rank_zero_publishes_and_sends_its_value(tmp_path):
+    entry = tmp_path / "entry"
+    job = FakeJob(0, [])
+    value, built = build_value_collective(entry, lambda: "v", lambda v, tmp: (tmp / "v.txt").write_text(v),
+                                          lambda f: (f / "v.txt").read_text(), job)
+    assert (value, built) == ("v", True) and entry_problem(entry) is None
+    # the next job finds it: rank 0 loads and sends what it loaded
+    assert build_value_collective(entry, lambda: "other", lambda v, tmp: None,
+                                  lambda f: (f / "v.txt").read_text(), job) == ("v", False)
 
 
 def test_build_value_keeps_what_it_made_and_loads_what_another_made(tmp_path):

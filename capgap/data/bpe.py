@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from capgap import distributed
 from capgap.atomic import build_once
 from capgap.data import sources
 
@@ -29,5 +30,6 @@ def _train(data_cfg, vocab_size: int) -> PreTrainedTokenizerFast:
 def train_bpe(data_cfg, vocab_size: int, cache_dir: str | Path) -> PreTrainedTokenizerFast:
     key = hashlib.sha256(f"{sources.source_id(data_cfg)}|{vocab_size}".encode()).hexdigest()[:16]
     out = Path(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{key}"
-    build_once(out, lambda tmp: _train(data_cfg, vocab_size).save_pretrained(tmp))
+    with distributed.current().zero_first():
+        build_once(out, lambda tmp: _train(data_cfg, vocab_size).save_pretrained(tmp))
     return PreTrainedTokenizerFast.from_pretrained(out)

@@ -2,10 +2,11 @@
 
 Training batches come from torchdata's StatefulDataLoader, whose state Lightning stores in the
 checkpoint, so a resumed run continues the data order where it stopped instead of replaying
-an epoch. A fit sets `train_steps`: the loader then yields exactly that many batches, drawn
-as successive shuffles of the blocks (RandomSampler with num_samples), so a whole run is one
-Lightning epoch. Lightning's resume at an epoch boundary restarts the sampler's epoch wrongly;
-with no boundary inside a run there is nothing to get wrong.
+an epoch. A fit sets `train_steps` (micro-batches over all ranks): the loader then yields
+exactly this rank's share of them (capgap.data.rank_share), drawn as successive shuffles of
+the blocks, so a whole run is one Lightning epoch on every rank. Lightning's resume at an
+epoch boundary restarts the sampler's epoch wrongly; with no boundary inside a run there is
+nothing to get wrong, on one process or many.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from capgap import distributed
 from capgap.data import token_cache
 from capgap.data.blocks import PackedBlocks
+from capgap.data.rank_share import RankShare
 from capgap.errors import CapgapError
 
 # torchdata 0.11 calls a torch API that newer torch deprecates, once per epoch: noise in every log
@@ -50,8 +53,11 @@ class CorpusDataModule(L.LightningDataModule):
         self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
 
     def setup(self, stage: str | None = None):
+        # every rank calls setup (Lightning's prepare_data runs on local rank 0s only): rank 0
+        # tokenizes, the others then read its cache entry
         if self.folder is None:
-            self.prepare_data()
+            with distributed.current().zero_first():
+                self.prepare_data()
         self.meta, self.streams = token_cache.load(self.folder)
         if self.meta["vocab_size"] > len(self.tokenizer):
             raise CapgapError(f"token cache {self.folder} was built with a bigger vocabulary")
@@ -70,11 +76,16 @@ class CorpusDataModule(L.LightningDataModule):
     def tokens_per_batch(self) -> int:
         return self.batch_size * self.block_size
 
+    def _ranks(self) -> tuple[int, int]:
+        # a Trainer's ranks while one is attached; a loader used outside one sees every batch
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
     def train_dataloader(self):
         # without train_steps (a length query, scoring): one shuffle of the blocks
         samples = self.train_steps * self.batch_size if self.train_steps else len(self.train_set)
-        sampler = RandomSampler(self.train_set, num_samples=samples,
-                                generator=torch.Generator().manual_seed(self.seed))
+        sampler = RankShare(len(self.train_set), self.batch_size, *self._ranks(), shuffle=True,
+                            num_samples=samples, seed=self.seed)
         # the loader's own generator seeds workers; without one it would draw from the global RNG
         return StatefulDataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                                   drop_last=True, num_workers=self.num_workers,
@@ -89,5 +100,6 @@ class CorpusDataModule(L.LightningDataModule):
             val = torch.utils.data.Subset(val, range(n))
         # a generator of its own: a periodic evaluation must not move the global RNG that
         # dropout reads, or a run resumed past one would diverge from an uninterrupted run
-        return DataLoader(val, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+        return DataLoader(val, batch_size=self.batch_size, num_workers=self.num_workers,
+                          sampler=RankShare(len(val), self.batch_size, *self._ranks()),
                           generator=torch.Generator().manual_seed(self.seed))

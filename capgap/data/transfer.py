@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from capgap import distributed
 from capgap.atomic import build_value
 from capgap.data.blocks import IGNORE
 from capgap.errors import CapgapError
@@ -155,11 +156,13 @@ def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None
                     "temperature": float(s.get("temperature", 1.0))}
         key = {"teacher": teacher_key, "data": str(dm.folder), "block": d.block_size, "n": n,
                "seed": cfg.seed, **settings}
-        blocks, made = cached_blocks(
-            generated_path(cfg.paths.cache_dir, key),
-            lambda: generate_blocks(teacher, dm.train_set, n, block_size=d.block_size,
-                                    eos_id=dm.meta["eos_token_id"], batch_size=d.batch_size,
-                                    seed=cfg.seed, **settings))
+        # rank 0 samples them on its own (sampling on N ranks would draw N sets); the rest load them
+        with distributed.current().zero_first():
+            blocks, made = cached_blocks(
+                generated_path(cfg.paths.cache_dir, key),
+                lambda: generate_blocks(teacher, dm.train_set, n, block_size=d.block_size,
+                                        eos_id=dm.meta["eos_token_id"], batch_size=d.batch_size,
+                                        seed=cfg.seed, **settings))
         dm.train_set = dm.train_override = TokenBlocks(blocks)
         return {"transfer_blocks": len(blocks), "transfer_generated": made}
     return {}

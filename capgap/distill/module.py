@@ -76,6 +76,12 @@ class DistillModule(CausalLMModule):
                 m.set_attn_implementation("eager")
 
     @property
+    def sits_out(self) -> bool:
+        """Whether some parameters get no gradient in some steps (a callback switches terms off
+        and freezes blocks: progressive stages), which DDP must be told to look for."""
+        return bool(self._callbacks)
+
+    @property
     def teacher(self):
         return self._teacher[0]
 

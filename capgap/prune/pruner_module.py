@@ -2,7 +2,8 @@
 
 Use with Trainer(max_epochs=1, limit_train_batches=N): with manual optimization and no
 optimizer, global_step never advances, so max_steps would never stop it. Under DDP each
-rank scores its own N batches and the ranks' means are averaged at the end.
+rank scores its own batches (a batch's optional `weight`, 0 for a rank's padding, says
+how much it counts) and the ranks' sums are added at the end (ScoreAccumulator.result).
 """
 
 import lightning as L
@@ -31,15 +32,16 @@ class PrunerModule(L.LightningModule):
         self.acc = ScoreAccumulator(self.model)  # after the move to the device
 
     def training_step(self, batch, batch_idx):
+        weight = float(batch.pop("weight", 1.0))
         loss = self.acc.loss(batch)
         self.manual_backward(loss + 0 * self.anchor)
-        self.acc.collect()
+        self.acc.collect(weight)
         self.log("prune/teacher_loss", loss.detach(), prog_bar=True)
         if self.acc.batches >= self.n_batches:
             self.trainer.should_stop = True
 
     def on_fit_end(self):
-        self.scores = self.acc.result()
+        self.scores = self.acc.result(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
         for p, flag in zip(self.model.parameters(), self._requires_grad):
             p.requires_grad_(flag)
 

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from capgap.atomic import build_value
+from capgap import distributed
+from capgap.atomic import build_value_collective
 from capgap.distill.chunked import lm_loss
-from capgap.distributed import is_rank_zero
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
@@ -63,7 +62,7 @@ class ScoreAccumulator:
         self.model, self.adapter = model, adapter_for(model)
         self.masks = Masks(self.adapter)
         self.sums = [torch.zeros(t.shape, device=t.device) for t in self.masks.tensors()]
-        self.batches = 0
+        self.batches = 0  # counted with their weights: a rank's padding batch counts 0
 
     def loss(self, batch: dict) -> torch.Tensor:
         self.model.eval()  # dropout off: score the teacher as it predicts
@@ -73,20 +72,19 @@ class ScoreAccumulator:
             # chunked through the LM head: no [tokens, vocab] logits of the batch
             return lm_loss(self.model, inputs.pop("input_ids"), inputs.pop("labels"), **inputs)[0]
 
-    def collect(self) -> None:
+    def collect(self, weight: float = 1.0) -> None:
         # |.| per batch, then the mean: E|∂L/∂m|, not |E ∂L/∂m| (signs would cancel)
         for s, t in zip(self.sums, self.masks.tensors()):
-            s += t.grad.abs().float()
+            s += weight * t.grad.abs().float()
             t.grad = None
-        self.batches += 1
+        self.batches += weight
 
-    def result(self) -> Scores:
-        mean = [s / max(self.batches, 1) for s in self.sums]
-        if dist.is_available() and dist.is_initialized():
-            for t in mean:  # every rank saw its own N batches: average the ranks' means
-                dist.all_reduce(t)
-                t /= dist.get_world_size()
-        return _scores("expressiveness", *[t.cpu() for t in mean])
+    def result(self, total=lambda t: t) -> Scores:
+        """The mean over every batch every rank scored: `total` adds a tensor up over the ranks
+        (PrunerModule passes its strategy's sum), so N ranks give one process's mean."""
+        sums = [total(s.clone()) for s in self.sums]
+        count = total(torch.tensor(float(self.batches), device=self.sums[0].device))
+        return _scores("expressiveness", *[(s / count.clamp_min(1)).cpu() for s in sums])
 
 
 def random_scores(model, seed: int = 0) -> Scores:
@@ -154,10 +152,11 @@ def load_scores(path: Path) -> Scores:
 
 def cached_scores(path: Path, compute) -> Scores:
     """Scores from the cache entry of `path`, computing them (`compute()`) once under its lock:
-    jobs that ask at once wait for the first one's scoring and reuse it."""
-    # under DDP every rank scores its share; rank 0 publishes
-    scores, _ = build_value(path.parent, compute, lambda s, tmp: torch.save(s.to_dict(), tmp / path.name),
-                            lambda folder: load_scores(folder / path.name), secondary=not is_rank_zero())
+    jobs that ask at once wait for the first one's scoring and reuse it. Under several ranks
+    every rank scores its share of the batches, and rank 0 publishes."""
+    scores, _ = build_value_collective(path.parent, compute,
+                                       lambda s, tmp: torch.save(s.to_dict(), tmp / path.name),
+                                       lambda folder: load_scores(folder / path.name), distributed.current())
     return scores
 
 

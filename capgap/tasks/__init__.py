@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from capgap.atomic import write_json_atomic
 from capgap.budget import apply_global_batch
-from capgap.distributed import is_rank_zero, one_job_per_rank
+from capgap import distributed
 from capgap.errors import CapgapError
 from capgap.training import check_trainer
 
@@ -35,17 +35,16 @@ def run_task(cfg) -> dict:
         apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
     module = importlib.import_module(TASKS[cfg.task])
     run_dir = Path(cfg.paths.run_dir)
-    # DDP ranks > 0 run the same job in the same run dir: rank 0 alone writes into it
-    rank_zero = is_rank_zero()
-    if rank_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
-        with one_job_per_rank():
+        # every rank runs the whole job in the same run dir: rank 0 alone writes into it
+        with distributed.job(cfg) as job:
+            if job.is_zero:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
             metrics = module.run(cfg, run_dir)
-        if rank_zero:
-            write_json_atomic(run_dir / "metrics.json", metrics)
+            if job.is_zero:
+                write_json_atomic(run_dir / "metrics.json", metrics)
         return metrics
     finally:
         # in a multirun every job runs in this one process: free its models before the next

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
-from capgap.distributed import is_rank_zero
+from capgap import distributed
 from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
@@ -50,7 +50,8 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
     student exists (task=study adds the one that writes the store). Reached through run_task
     only, which has set the accumulation for distill.global_batch_tokens."""
-    with claim(checkpoint_dir(cfg)) as ckpt_dir:  # one job per checkpoint folder, for the whole run
+    # one job per checkpoint folder, for the whole run; rank 0 holds it for the job's ranks
+    with claim(checkpoint_dir(cfg), owner=distributed.current().is_zero) as ckpt_dir:
         return _run(cfg, run_dir, ckpt_dir, callbacks)
 
 
@@ -75,11 +76,12 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
     with precision:
         transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer), tokens=planned_tokens)
-    resumed = (ckpt_dir / "last.ckpt").is_file()
+    job = distributed.current()
+    resumed = job.broadcast((ckpt_dir / "last.ckpt").is_file())
     log_every = cfg.trainer.get("log_every_n_steps", 10)
     # a teacher-assistant chain distills its assistants first; the last one teaches the student
     source, source_key, chain = teacher, None, []
-    sizes = planned_sizes(cfg, teacher)
+    sizes = job.broadcast(planned_sizes(cfg, teacher) if job.is_zero else None)  # it may read the store
     if sizes:
         source, source_key, chain = run_chain(cfg, teacher, tokenizer, dm, run_dir, ckpt_dir, sizes, log_every)
     with precision:
@@ -96,18 +98,18 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
                            f"resumable checkpoints in {ckpt_dir}{' (resuming)' if resumed else ''}")
     module = from_config(student, source, d, steps, log_every=log_every)
     # DDP ranks > 0 run this same job: only rank 0 writes the store
-    extra = [make(info, per_step) for make in callbacks] if is_rank_zero() else []
+    extra = [make(info, per_step) for make in callbacks] if job.is_zero else []
     ft_tokens, ft_scale = finetune_settings(d)
     # the callbacks (the study's store row) see the last stage: the student that is saved
     trainer, res = training.fit(module, dm, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir, steps,
-                                extra_callbacks=() if ft_tokens else extra)
+                                extra_callbacks=() if ft_tokens else extra, find_unused=module.sits_out)
     before = res
     if ft_tokens:
         ft_trainer, res = finetune(module.model, dm, d, cfg.trainer, cfg.get("logger"), run_dir, ckpt_dir,
                                    ft_tokens, ft_scale, log_every=log_every,
                                    extra_callbacks=extra)
     folder = run_dir / "student"
-    if is_rank_zero():
+    if job.is_zero:
         save_student(module.model, plan, tokenizer, folder)
         if not d.get("keep_checkpoint"):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -127,7 +129,7 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
         metrics.update(val_loss_distilled=before["val/loss"], finetune_steps=int(ft_trainer.global_step),
                        finetune_tokens=int(ft_trainer.global_step) * per_step,
                        finetune_lr=float(d.lr * ft_scale))
-    if is_rank_zero():
+    if job.is_zero:
         report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
                f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
                f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
