@@ -87,10 +87,14 @@ def topology(trainer_cfg) -> Topology:
     elif _slurm_tasks() > 1:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        env = SLURMEnvironment()
         world = _env_int("SLURM_NTASKS")
+        # node 0's address and the job's port as Lightning derives them (its SLURMEnvironment
+        # refuses --ntasks without --ntasks-per-node, which srun runs may well use)
+        address = os.environ.get("MASTER_ADDR") or \
+            SLURMEnvironment.resolve_root_node_address(os.environ.get("SLURM_NODELIST", "127.0.0.1"))
+        port = _env_int("MASTER_PORT") or 15000 + int(os.environ.get("SLURM_JOB_ID", "2910")[-4:])
         t = Topology(_env_int("SLURM_PROCID"), _env_int("SLURM_LOCALID"), _env_int("SLURM_NODEID"), world,
-                     world // max(1, _env_int("SLURM_NNODES", 1)), "slurm", env.main_address, env.main_port)
+                     world // max(1, _env_int("SLURM_NNODES", 1)), "slurm", address, port)
     elif "LOCAL_RANK" in os.environ:  # a child: of this module, or of any launcher that sets it
         node = _env_int("NODE_RANK")
         t = Topology(node * devices + _env_int("LOCAL_RANK"), _env_int("LOCAL_RANK"), node, want, devices,

@@ -196,3 +196,123 @@ def test_a_failing_rank_fails_the_point_and_ends_the_job(setup, tmp_path):
     (row,) = Store(str(store)).results(None)
     assert row["status"] == "failed" and "rank 1 failed" in row["error"] and "planted failure" in row["error"]
     assert "capgap: error: rank 1 failed: RuntimeError: planted failure" in err
+
+
+STAGES = {
+    "hidden": ["distill=hidden"],
+    "attention": ["distill=attention"],
+    "assistant-auto": ["distill=assistant"],
+    "progressive": ["distill=progressive"],
+    "confident": ["distill=confident"],
+    "hard": ["distill=hard"],
+    "generated": ["distill=generated", "distill.data_strategy.sequences=16"],
+    "finetune": ["distill=finetune", "distill.finetune.tokens=256"],
+    "layer-influence": ["prune=shortgpt"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_runs_on_two_processes(setup, tmp_path, stage):
+    """Each distillation strategy (and expressiveness scoring, layer influence) as one study
+    point on 2 processes: one student, one store row, nothing left to trip a later run."""
+    store = tmp_path / "store.sqlite"
+    rc, out, err = run_py(setup, tmp_path, "task=study", "student.size=25K", "distill.tokens=512",
+                          f"store.url={store}", f"paths.run_dir={tmp_path / 'run'}", *STAGES[stage])
+    assert rc == 0, err[-3000:]
+    (row,) = Store(str(store)).results(None)
+    assert row["status"] == "done" and row["metric"] > 0
+    assert (tmp_path / "run" / "student" / "config.json").is_file()
+    assert out.count("[capgap] distilled") == 1
+    clean_cache(tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_task_prune_writes_one_student_from_two_processes(setup, tmp_path):
+    rc, out, err = run_py(setup, tmp_path, "task=prune", "prune.sparsity=0.5", f"paths.run_dir={tmp_path / 'run'}")
+    assert rc == 0, err[-3000:]
+    assert (tmp_path / "run" / "student" / "config.json").is_file()
+    assert (tmp_path / "run" / "prune_summary.txt").is_file()
+    assert out.count("before distillation; saved") == 1
+    clean_cache(tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_a_micro_teacher_pretrained_under_two_processes_is_the_one_process_teacher(tmp_path):
+    """From a fresh cache: the same weights whatever the device count and the job's seed."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for devices, seed in ((1, 0), (2, 1)):
+        where = tmp_path / f"d{devices}"
+        where.mkdir()
+        p = subprocess.run([sys.executable, str(ROOT / "run.py"), "task=pretrain", "teacher=micro_xs",
+                            "teacher.pretrain_tokens=16384", "pretrain.eval_batches=2", "trainer=cpu",
+                            f"trainer.devices={devices}", f"seed={seed}", "trainer.enable_progress_bar=false",
+                            "logger=csv", f"paths.cache_dir={where / 'cache'}", f"hydra.run.dir={where / 'hydra'}"],
+                           cwd=where, env=env(), capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        (f,) = (where / "cache" / "teachers").glob("micro_xs-*/model/model.safetensors")
+        weights[devices] = load_file(f)
+        clean_cache(where / "cache")
+    assert weights[1].keys() == weights[2].keys()
+    for k in weights[1]:
+        torch.testing.assert_close(weights[2][k], weights[1][k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_exactly_past_a_pass_of_the_corpus(setup, tmp_path):
+    """SIGKILL (rank 0 and its child) after a checkpoint taken past the first pass over the
+    training blocks; the rerun ends with the uninterrupted run's student."""
+    from capgap.data.datamodule import CorpusDataModule
+    from capgap.prune.slicing import load_pruned
+    from transformers import AutoTokenizer
+
+    args = ["task=distill", "prune=magnitude", "prune.sparsity=0.5", "distill.tokens=6400",
+            "trainer.checkpoint_every=20", "trainer.val_check_interval=30",
+            "+trainer.callbacks=[{_target_: hooks.SlowAfter, step: 80, seconds: 0.3}]"]
+    whole = start(setup, tmp_path / "whole", *args, f"paths.run_dir={tmp_path / 'whole' / 'run'}")
+    first = start(setup, tmp_path / "a", *args, f"paths.run_dir={tmp_path / 'a' / 'run'}")
+    deadline, step = time.time() + 300, 0
+    try:
+        while step < 80 and first.poll() is None and time.time() < deadline:
+            for last in (tmp_path / "a" / "cache").glob("checkpoints/*/last.ckpt"):
+                try:
+                    step = torch.load(last, weights_only=True)["global_step"]
+                except Exception:  # replaced while read
+                    pass
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    assert step >= 80, f"no checkpoint past step 80 before the kill (last seen {step})"
+    rc, out, err = run_py(setup, tmp_path / "a", *args, f"paths.run_dir={tmp_path / 'a' / 'run2'}")
+    assert rc == 0, err[-3000:]
+    assert "(resuming)" in out
+    (rc_w, _, err_w), = finish([whole])
+    assert rc_w == 0, err_w[-3000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "a" / "run2", tmp_path / "whole" / "run"))
+    assert a["resumed"] and a["steps"] == b["steps"] == 100
+    assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6, (a["val_loss"], b["val_loss"])
+    sa, sb = (load_pruned(d / "student").state_dict() for d in (tmp_path / "a" / "run2", tmp_path / "whole" / "run"))
+    assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+    # the kill came after the stream had gone once through the training blocks (4 a step)
+    data = OmegaConf.create({"kind": "local", "path": str(setup / "corpus.jsonl"), "text_key": "text",
+                             "val_fraction": 0.2, "max_tokens": None})
+    dm = CorpusDataModule(AutoTokenizer.from_pretrained(setup / "teacher"), data, tmp_path / "a" / "cache",
+                          batch_size=2, block_size=16)
+    dm.setup()
+    assert 80 * 4 > len(dm.train_set)
+    clean_cache(tmp_path / "a" / "cache")
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_two_process_jobs(setup, tmp_path):
+    """hydra/launcher=local (submitit): each job, in its own submitit process, starts its rank 1."""
+    store = tmp_path / "store.sqlite"
+    rc, out, err = run_py(setup, tmp_path, "-m", "hydra/launcher=local", "task=study", "student.size=25K,30K",
+                          "prune=magnitude", "distill.tokens=512", f"store.url={store}")
+    assert rc == 0, err[-3000:]
+    rows = Store(str(store)).results(None)
+    assert sorted(r["status"] for r in rows) == ["done", "done"]
+    clean_cache(tmp_path / "cache")
