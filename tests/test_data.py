@@ -87,8 +87,8 @@ def test_second_setup_does_no_tokenization(tmp_path, tokenizer, monkeypatch):
     assert batch["input_ids"].shape == (2, 16)
 
 
-def test_prepare_data_after_setup_checks_nothing_again(tmp_path, tokenizer, monkeypatch):
-    # Lightning calls prepare_data at every fit and validate of a job
+def test_setup_after_setup_checks_nothing_again(tmp_path, tokenizer, monkeypatch):
+    # Lightning calls setup at every fit and validate of a job
     dm = CorpusDataModule(tokenizer, local_cfg(make_corpus(tmp_path)), tmp_path / "cache",
                           batch_size=2, block_size=16)
     dm.setup()
@@ -97,7 +97,7 @@ def test_prepare_data_after_setup_checks_nothing_again(tmp_path, tokenizer, monk
         raise AssertionError("the token cache was looked up again")
 
     monkeypatch.setattr(token_cache, "build", boom)
-    dm.prepare_data()
+    dm.setup()
     dm.setup()
     assert dm.tokenized
 

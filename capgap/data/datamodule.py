@@ -45,19 +45,16 @@ class CorpusDataModule(L.LightningDataModule):
         self.train_override = None
         self.train_steps: int | None = None  # batches one fit draws (training.fit sets it)
 
-    def prepare_data(self):
-        # Lightning calls this at every fit and validate of a job: the entry the first call
-        # found serves them all, and checking it again would hash every file of it anew
-        if self.folder is not None:
-            return
-        self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
-
+    # No prepare_data: Lightning calls it on local rank 0s only, inside a barrier of every rank
+    # of the process group, which rank 0 pretraining a micro teacher on its own cannot pass.
+    # Lightning calls setup on every rank of the Trainer, and this is where the corpus is
+    # tokenized: by rank 0 first, the other ranks then read its cache entry.
     def setup(self, stage: str | None = None):
-        # every rank calls setup (Lightning's prepare_data runs on local rank 0s only): rank 0
-        # tokenizes, the others then read its cache entry
+        # Lightning calls setup at every fit and validate of a job: the entry the first call
+        # found serves them all, and checking it again would hash every file of it anew
         if self.folder is None:
             with distributed.current().zero_first():
-                self.prepare_data()
+                self.folder, self.tokenized = token_cache.build(self.tokenizer, self.data_cfg, self.cache_dir)
         self.meta, self.streams = token_cache.load(self.folder)
         if self.meta["vocab_size"] > len(self.tokenizer):
             raise CapgapError(f"token cache {self.folder} was built with a bigger vocabulary")
