@@ -234,9 +234,9 @@ class _Watchdog(threading.Thread):
     """Beats this rank's heartbeat into the store and watches the others' (rank 0) or rank 0's
     store (the rest); ends this rank when the job can no longer finish."""
 
-    def __init__(self, job: Job, address: str, port: int):
+    def __init__(self, job: Job, address: str, port: int, children=()):
         super().__init__(daemon=True, name="capgap-rank-watchdog")
-        self.job, self.address, self.port = job, address, port
+        self.job, self.address, self.port, self.children = job, address, port, list(children)
         self.stop = threading.Event()
         self.failed = threading.Event()  # set by this rank's own failure path when it is done
 
@@ -255,6 +255,9 @@ class _Watchdog(threading.Thread):
                 store.add(f"{k}/beat/{rank}", 1)
                 if store.check([f"{k}/failed"]):
                     return self._end(store.get(f"{k}/failed").decode())
+                for i, child in enumerate(self.children, 1):
+                    if child.poll():  # exited with an error, maybe before it could say so
+                        return self._end(f"local rank {i} exited with status {child.returncode}")
                 if rank == 0:
                     now = time.monotonic()
                     for r in range(1, world):
@@ -272,7 +275,8 @@ class _Watchdog(threading.Thread):
         # the rank's own failure path (an exception out of a collective) goes first
         if self.stop.is_set() or self.failed.wait(GRACE_S) or self.stop.is_set():
             return
-        print(f"capgap: error: {message}; rank {self.job.rank} stops", file=sys.stderr, flush=True)
+        if self.job.is_zero:  # the job's one line; the other ranks end quietly
+            print(f"capgap: error: {message}; the job stops", file=sys.stderr, flush=True)
         self.job.run_abort_hooks(message)
         os._exit(1)
 
@@ -312,13 +316,15 @@ def job(cfg):
     # or on each node run the same sweep, so they count its jobs alike
     key = os.environ.get(CHILD) or (uuid.uuid4().hex[:12] if topo.launcher == "spawn" else f"job{next(_counter)}")
     procs, config = _children(topo, cfg, port, key) if topo.launcher == "spawn" else ([], None)
+    j = Job(topo, None, key, store)
+    # watching from before the rendezvous: a child that dies before it joins ends the job too
+    dog = _Watchdog(j, topo.address, port, procs)
+    dog.start()
     prefixed = dist.PrefixStore(f"{key}/pg", store)
     dist.init_process_group("nccl" if cuda else "gloo", store=prefixed, rank=topo.rank,
                             world_size=topo.world_size, timeout=COLLECTIVE_TIMEOUT)
-    group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if cuda else dist.group.WORLD
-    j = _current = Job(topo, group, key, store)
-    dog = _Watchdog(j, topo.address, port)
-    dog.start()
+    j.group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if cuda else dist.group.WORLD
+    _current = j
     ok = False
     try:
         yield j

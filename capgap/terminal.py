@@ -11,6 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from capgap.distributed import is_rank_zero
+
 log = logging.getLogger("capgap")
 
 # Lightning warnings about what capgap does on purpose; matched by message, so any other
@@ -30,15 +32,18 @@ _title = "training"
 
 
 def announce(stage: str, detail: str = "") -> None:
-    """The one line that says a stage begins; progress bars take `stage` as their title."""
+    """The one line that says a stage begins; progress bars take `stage` as their title.
+    Said by global rank 0 only: every rank of a job passes the same stages."""
     global _title
     _title = stage
-    log.info("[capgap] %s%s", stage, f": {detail}" if detail else "")
+    if is_rank_zero():
+        log.info("[capgap] %s%s", stage, f": {detail}" if detail else "")
 
 
 def report(message: str) -> None:
-    """A result worth reading on the terminal (and in the log file)."""
-    log.info("[capgap] %s", message)
+    """A result worth reading on the terminal (and in the log file), from global rank 0."""
+    if is_rank_zero():
+        log.info("[capgap] %s", message)
 
 
 def title() -> str:

@@ -77,8 +77,8 @@ def setup(tmp_path_factory):
     return root
 
 
-def common(root, tmp_path, devices=2):
-    return [f"teacher.path={root / 'teacher'}", "data=local", f"data.path={root / 'corpus.jsonl'}",
+def common(root, tmp_path, devices=2, corpus=None):
+    return [f"teacher.path={root / 'teacher'}", "data=local", f"data.path={corpus or root / 'corpus.jsonl'}",
             "data.val_fraction=0.2", "student=pruned", "trainer=cpu", f"trainer.devices={devices}",
             "trainer.enable_progress_bar=false", "logger=csv", "distill.batch_size=2", "distill.block_size=16",
             "distill.eval_batches=2", "prune.batch_size=2", "prune.block_size=16", "prune.n_batches=5",
@@ -86,10 +86,10 @@ def common(root, tmp_path, devices=2):
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
 
 
-def start(root, tmp_path, *args, devices=2, **extra):
+def start(root, tmp_path, *args, devices=2, corpus=None, **extra):
     tmp_path.mkdir(parents=True, exist_ok=True)
     flags = [a for a in args if a == "-m"]  # before the overrides, where Hydra's parser wants it
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *flags, *common(root, tmp_path, devices),
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *flags, *common(root, tmp_path, devices, corpus),
                              *[a for a in args if a != "-m"]],
                             cwd=tmp_path, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -110,8 +110,8 @@ def finish(procs, timeout=600):
     return out
 
 
-def run_py(root, tmp_path, *args, devices=2, timeout=600, **extra):
-    return finish([start(root, tmp_path, *args, devices=devices, **extra)], timeout)[0]
+def run_py(root, tmp_path, *args, devices=2, timeout=600, corpus=None, **extra):
+    return finish([start(root, tmp_path, *args, devices=devices, corpus=corpus, **extra)], timeout)[0]
 
 
 def clean_cache(cache: Path):
@@ -271,14 +271,17 @@ def test_a_killed_two_process_run_resumes_exactly_past_a_pass_of_the_corpus(setu
     from capgap.prune.slicing import load_pruned
     from transformers import AutoTokenizer
 
-    args = ["task=distill", "prune=magnitude", "prune.sparsity=0.5", "distill.tokens=6400",
+    # the first 20 documents: under 400 training blocks, less than 100 steps of 4 blocks
+    corpus = tmp_path / "small.jsonl"
+    corpus.write_text("".join((setup / "corpus.jsonl").read_text().splitlines(keepends=True)[:20]))
+    args = ["task=distill", "prune=magnitude", "prune.sparsity=0.5", "distill.tokens=9600",
             "trainer.checkpoint_every=20", "trainer.val_check_interval=30",
-            "+trainer.callbacks=[{_target_: hooks.SlowAfter, step: 80, seconds: 0.3}]"]
-    whole = start(setup, tmp_path / "whole", *args, f"paths.run_dir={tmp_path / 'whole' / 'run'}")
-    first = start(setup, tmp_path / "a", *args, f"paths.run_dir={tmp_path / 'a' / 'run'}")
+            "+trainer.callbacks=[{_target_: hooks.SlowAfter, step: 100, seconds: 0.3}]"]
+    whole = start(setup, tmp_path / "whole", *args, f"paths.run_dir={tmp_path / 'whole' / 'run'}", corpus=corpus)
+    first = start(setup, tmp_path / "a", *args, f"paths.run_dir={tmp_path / 'a' / 'run'}", corpus=corpus)
     deadline, step = time.time() + 300, 0
     try:
-        while step < 80 and first.poll() is None and time.time() < deadline:
+        while step < 100 and first.poll() is None and time.time() < deadline:
             for last in (tmp_path / "a" / "cache").glob("checkpoints/*/last.ckpt"):
                 try:
                     step = torch.load(last, weights_only=True)["global_step"]
@@ -288,24 +291,24 @@ def test_a_killed_two_process_run_resumes_exactly_past_a_pass_of_the_corpus(setu
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate()
-    assert step >= 80, f"no checkpoint past step 80 before the kill (last seen {step})"
-    rc, out, err = run_py(setup, tmp_path / "a", *args, f"paths.run_dir={tmp_path / 'a' / 'run2'}")
+    assert 100 <= step < 150, f"no checkpoint past step 100 before the kill (last seen {step})"
+    rc, out, err = run_py(setup, tmp_path / "a", *args, f"paths.run_dir={tmp_path / 'a' / 'run2'}", corpus=corpus)
     assert rc == 0, err[-3000:]
     assert "(resuming)" in out
     (rc_w, _, err_w), = finish([whole])
     assert rc_w == 0, err_w[-3000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "a" / "run2", tmp_path / "whole" / "run"))
-    assert a["resumed"] and a["steps"] == b["steps"] == 100
+    assert a["resumed"] and a["steps"] == b["steps"] == 150
     assert abs(a["val_loss"] - b["val_loss"]) <= 1e-6, (a["val_loss"], b["val_loss"])
     sa, sb = (load_pruned(d / "student").state_dict() for d in (tmp_path / "a" / "run2", tmp_path / "whole" / "run"))
     assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
     # the kill came after the stream had gone once through the training blocks (4 a step)
-    data = OmegaConf.create({"kind": "local", "path": str(setup / "corpus.jsonl"), "text_key": "text",
+    data = OmegaConf.create({"kind": "local", "path": str(corpus), "text_key": "text",
                              "val_fraction": 0.2, "max_tokens": None})
     dm = CorpusDataModule(AutoTokenizer.from_pretrained(setup / "teacher"), data, tmp_path / "a" / "cache",
                           batch_size=2, block_size=16)
     dm.setup()
-    assert 80 * 4 > len(dm.train_set)
+    assert 100 * 4 > len(dm.train_set)
     clean_cache(tmp_path / "a" / "cache")
 
 
@@ -318,4 +321,25 @@ def test_submitit_local_launcher_runs_two_process_jobs(setup, tmp_path):
     assert rc == 0, err[-3000:]
     rows = Store(str(store)).results(None)
     assert sorted(r["status"] for r in rows) == ["done", "done"]
+    clean_cache(tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_the_adaptive_sweep_runs_two_process_jobs(tmp_path):
+    """hydra/sweeper=capgap_adaptive over two micro teachers (pretrained here, briefly) and two
+    student sizes, each point on 2 processes: one store row and one student per point run."""
+    store = tmp_path / "store.sqlite"
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "hydra/sweeper=capgap_adaptive",
+                        "teacher=micro_xs,micro_s", "student.size=100K,200K", "seed=0",
+                        "teacher.pretrain_tokens=16384", "pretrain.eval_batches=2", "prune=magnitude",
+                        "distill.tokens=1024", "distill.eval_batches=2", "trainer=cpu", "trainer.devices=2",
+                        "trainer.enable_progress_bar=false", "logger=csv", f"store.url={store}",
+                        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                       cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = Store(str(store)).results(None)
+    assert rows and all(r["status"] == "done" for r in rows)
+    jobs = [d for d in (tmp_path / "sweep").iterdir() if (d / "metrics.json").is_file()]
+    assert len(jobs) == len(rows) == p.stdout.count("[capgap] distilled")
+    assert all((j / "student" / "config.json").is_file() for j in jobs)
     clean_cache(tmp_path / "cache")

@@ -4,6 +4,7 @@ import time
 
 from hydra.utils import instantiate
 
+from capgap import distributed
 from capgap.errors import CapgapError
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
@@ -39,7 +40,10 @@ def run(cfg, run_dir) -> dict:
     announce("evaluating", "teacher and student on the held-out split")
     teacher_eval = evaluate(teacher, dm, cfg.trainer)
     student_eval = evaluate(student, dm, cfg.trainer)
-    folder = save_student(student, plan, tokenizer, run_dir / "student")
+    folder = run_dir / "student"
+    if not distributed.current().is_zero:  # the other ranks scored and evaluated; rank 0 writes
+        return {"student_dir": str(folder), "objective": student_eval["val_loss"]}
+    save_student(student, plan, tokenizer, folder)
     (run_dir / "prune_summary.txt").write_text(table + "\n")
     if cfg.get("logger"):  # logger=csv, tensorboard, …: the figures go where the user asked
         logger = instantiate(cfg.logger, save_dir=str(run_dir))
