@@ -338,7 +338,8 @@ def job(cfg):
         except Exception:
             first = mine
         dog.failed.set()
-        if first != mine:
+        # a mistake of this rank's own (bad input: every rank finds it) is said as it is
+        if first != mine and not isinstance(e, CapgapError):
             raise CapgapError(f"{first}; the job stops") from e
         raise
     finally:

@@ -332,7 +332,7 @@ def test_the_adaptive_sweep_runs_two_process_jobs(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "hydra/sweeper=capgap_adaptive",
                         "teacher=micro_xs,micro_s", "student.size=100K,200K", "seed=0",
                         "teacher.pretrain_tokens=16384", "pretrain.eval_batches=2", "prune=magnitude",
-                        "distill.tokens=1024", "distill.eval_batches=2", "trainer=cpu", "trainer.devices=2",
+                        "prune.multiple=1", "distill.tokens=1024", "distill.eval_batches=2", "trainer=cpu", "trainer.devices=2",
                         "trainer.enable_progress_bar=false", "logger=csv", f"store.url={store}",
                         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
                        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=1500)

@@ -19,8 +19,7 @@ def main(path: str) -> int:
     warnings.simplefilter("ignore")
     try:
         run_task(cfg)
-    except CapgapError as e:
-        print(f"capgap: error: {e}", file=sys.stderr, flush=True)
+    except CapgapError as e:  # rank 0 says it (its own, or this rank's failure): one line, not N
         return e.exit_code
     return 0
 
