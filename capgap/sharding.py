@@ -33,13 +33,17 @@ def decoder_layers() -> set[type]:
 
 def fsdp_strategy(**kw):
     """Lightning's ModelParallelStrategy with every rank in the data-parallel (sharding)
-    dimension and none in tensor parallelism; the module shards itself (shard_module)."""
+    dimension and none in tensor parallelism; the module shards itself (shard_module). One
+    process has nothing to shard over: Lightning's default there (and no process group of
+    Lightning's own, which would outlive the job)."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     from capgap import distributed
 
-    return ModelParallelStrategy(data_parallel_size=distributed.current().world_size,
-                                 tensor_parallel_size=1, **kw)
+    world = distributed.current().world_size
+    if world == 1:
+        return "auto"
+    return ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1, **kw)
 
 
 def is_sharded(strategy) -> bool:
@@ -101,13 +105,6 @@ def shard_teacher(teacher, mesh) -> None:
     """Shard the teacher's decoder layers (in place), each its own root unit that frees its
     gathered weights after each forward (a root keeps them by default, for a backward the teacher
     never runs); the rest stays whole. Idempotent."""
-    from capgap.errors import CapgapError
-
-    if _is_fsdp(teacher):
-        # an assistant distilled in this job (a chain) is sharded as a student: its steps run as
-        # forwards of its root, which the teacher's passes (base model, then head) are not
-        raise CapgapError("trainer=fsdp does not run teacher-assistant chains (distill.assistants); "
-                          "use trainer=gpu")
     if any(_is_fsdp(m) for m in teacher.modules()):
         return
     _shard_layers(teacher, mesh, reshard_after_forward=True)

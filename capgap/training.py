@@ -82,6 +82,15 @@ def check_trainer(trainer_cfg) -> None:
                           f"machine has {have} {kind}")
 
 
+def check_sharded_distill(trainer_cfg, distill_cfg) -> None:
+    """What trainer=fsdp does not run in a distillation, as one line before anything is written."""
+    d = distill_cfg
+    if is_fsdp(trainer_cfg) and (d.get("chain") or d.get("assistants") not in (None, "none", "off")):
+        # each stage prunes the next from the assistant just trained, which trainer=fsdp leaves in shards
+        raise CapgapError("trainer=fsdp does not run teacher-assistant chains (distill.chain, "
+                          "distill.assistants); use trainer=gpu")
+
+
 def device_for(trainer_cfg) -> torch.device:
     """This process's device under the trainer config, known before the Trainer exists (the
     teacher's passes before training run there too): its local rank's, whoever started it."""
@@ -231,6 +240,8 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     datamodule.train_steps = max_steps * accum * world
     module.flops_per_batch = module.flops_per_token() * datamodule.tokens_per_batch
     log_every = int(trainer_cfg.get("log_every_n_steps", 10) or 10)
+    # AtomicCheckpointIO writes single-file checkpoints; trainer=fsdp's distributed ones bypass
+    # any CheckpointIO (see has_checkpoint)
     trainer = build_trainer(trainer_cfg, find_unused=find_unused, shard=True, max_steps=max_steps, max_epochs=-1,
                             val_check_interval=interval,
                             logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],

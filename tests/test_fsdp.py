@@ -16,38 +16,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from capgap.data.bpe import train_bpe
 from capgap.data.rank_share import EvenBatches
-from conftest import tiny_gpt_neox
+from test_ddp import setup  # noqa: F401  (a local corpus and a tiny GPT-NeoX teacher saved with its BPE)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "ddp_scripts"
-WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "the", "and", "of"]
 TOKENS, BATCH, BLOCK = 1024, 2, 16
 STEPS = TOKENS // (BATCH * BLOCK * 2)  # 16 optimizer steps over 2 processes
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A local corpus and a tiny GPT-NeoX teacher saved with its BPE (as tests/test_ddp.py)."""
-    root = tmp_path_factory.mktemp("fsdp")
-    g = torch.Generator().manual_seed(0)
-    with (root / "corpus.jsonl").open("w") as f:
-        for i in range(80):
-            n = int(torch.randint(30, 90, (1,), generator=g))
-            words = " ".join(WORDS[j] for j in torch.randint(0, len(WORDS), (n,), generator=g))
-            f.write(json.dumps({"text": f"doc {i}: {words}"}) + "\n")
-    data = OmegaConf.create({"kind": "local", "path": str(root / "corpus.jsonl"), "text_key": "text",
-                             "val_fraction": 0.2, "max_tokens": None})
-    tok = train_bpe(data, 200, root / "bpe")
-    torch.manual_seed(0)
-    teacher = tiny_gpt_neox(vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    return root
-
-
-def distill(root, work: Path, *extra, callbacks=(), teacher=None,
+def distill(root, work: Path, callbacks=(), teacher=None,
             student=("student=pruned", "prune=magnitude", "prune.sparsity=0.5")):
     """`python run.py task=distill trainer=fsdp` on 2 CPU processes, run dir work/run."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(SCRIPTS)]), OMP_NUM_THREADS="1")
@@ -60,8 +38,7 @@ def distill(root, work: Path, *extra, callbacks=(), teacher=None,
             "distill=hidden",
             f"distill.batch_size={BATCH}", f"distill.block_size={BLOCK}", "distill.eval_batches=2",
             f"distill.tokens={TOKENS}", "trainer.enable_progress_bar=false", "logger=csv",
-            f"paths.run_dir={work / 'run'}", f"paths.cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'h'}",
-            *extra]
+            f"paths.run_dir={work / 'run'}", f"paths.cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'h'}"]
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=work, env=env,
                           capture_output=True, text=True, timeout=600)
 

@@ -129,6 +129,8 @@ def test_global_batch_sets_accumulation_and_refuses_what_devices_cannot_split():
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU default runs here")),
     (["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=16-mixed"],
      "trainer=fsdp: trainer.precision=16-mixed is not one of 32-true, bf16-mixed"),
+    (["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1", "distill=assistant"],
+     "trainer=fsdp does not run teacher-assistant chains"),
     (["trainer=cpu", "trainer.devices=4096"], r"trainer.devices=4096 asks for 4096 devices but this machine has"),
     (["trainer=cpu", "distill.global_batch_tokens=1000"], "not a multiple of micro-batch"),
 ])
@@ -154,13 +156,20 @@ def test_run_py_with_fsdp_without_cuda_exits_2_with_one_line_naming_the_cpu_over
     assert not (tmp_path / "s.sqlite").exists() and not (tmp_path / "h" / "config_resolved.yaml").exists()
 
 
-def test_fsdp_config_composes_with_the_sharding_strategy_and_runs_on_cpu_by_override():
+def test_fsdp_config_composes_with_the_sharding_strategy_and_runs_on_cpu_by_override(monkeypatch):
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     cfg = config("trainer=fsdp")
     assert cfg.trainer.strategy._target_ == "capgap.sharding.fsdp_strategy"
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
-    assert isinstance(instantiate(cfg.trainer.strategy), ModelParallelStrategy)
+    assert instantiate(cfg.trainer.strategy) == "auto"  # one process: nothing to shard over
+    from capgap import distributed
+    from capgap.distributed import Job, Topology
+
+    monkeypatch.setattr(distributed, "_current", Job(Topology(0, 0, 0, 2, 2, "spawn")))
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (2, 1)
     check_trainer(config("trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1").trainer)
 
 
