@@ -11,6 +11,7 @@ import torch
 from torchmetrics import MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from capgap import sharding
 from capgap.distill.chunked import CHUNK_SIZE, lm_loss
 from capgap.errors import CapgapError
 
@@ -45,13 +46,18 @@ class CausalLMModule(L.LightningModule):
         """6·N per trained token (forward 2N + backward 4N), N the model's parameters."""
         return 6 * sum(p.numel() for p in self.model.parameters())
 
+    def configure_model(self):
+        # trainer=fsdp (Lightning's ModelParallelStrategy) leaves the sharding to the module
+        if self._trainer is not None and sharding.is_sharded(self.trainer.strategy):
+            sharding.shard_module(self)
+
     # -- the loss: subclasses change this and nothing else of the loop --
     def compute_loss(self, batch) -> dict[str, torch.Tensor]:
         out = self.model(input_ids=batch["input_ids"], labels=batch["labels"])
         return {"loss": out.loss, "ce": out.loss}
 
     def training_step(self, batch, batch_idx):
-        parts = self.compute_loss(batch)
+        parts = sharding.in_forward(self.model, self.compute_loss, batch)
         loss = parts["loss"]
         self._nonfinite |= ~torch.isfinite(loss.detach())
         if self.global_step % self.log_every == 0:
@@ -69,7 +75,9 @@ class CausalLMModule(L.LightningModule):
             # into a new tensor, a device sync for each of a large model's hundreds of parameters
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
-                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+                norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+                # sharded (trainer=fsdp): a DTensor of partial norms, summed over the ranks here
+                self.log("train/grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def on_train_end(self):
@@ -78,7 +86,8 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         # chunked through the LM head: the batch's full-vocabulary logits never exist
-        loss, n = lm_loss(self.model, batch["input_ids"], batch["labels"], self.chunk_size)
+        loss, n = sharding.in_forward(self.model, lm_loss, self.model, batch["input_ids"], batch["labels"],
+                                      self.chunk_size)
         # weighted by predicted tokens so a padded last block counts for what it holds
         self.val_loss.update(loss, n)
 

@@ -1,15 +1,26 @@
-"""trainer=fsdp: fully sharded data parallel for pairs that do not fit one GPU (llama2_7b → 3B).
+"""trainer=fsdp: fully sharded data parallel for pairs that do not fit one device (llama2_7b → 3B).
 
-The student is sharded by Lightning's FSDPStrategy, one unit per decoder layer. The teacher is
-not a submodule (it must stay out of the optimiser and checkpoints), so it is sharded here, the
-same way: its base model under FSDP with one unit per decoder layer, run in its own forward.
-Its LM head stays whole on every GPU: the chunked KD loss reads the head's weight outside any
-forward, and a vocabulary × width matrix is small next to the layers (262 MB for LLaMA-2-7B in bf16).
+torch's FSDP2 (`fully_shard`) under Lightning's ModelParallelStrategy, which runs on CUDA (nccl)
+and on CPU processes (gloo) alike. The LightningModule shards in `configure_model`
+(`shard_module`): the student one unit per decoder layer, then its root (embeddings, final
+norm, LM head); the learned projections of intermediate terms one unit each, so their gradients
+are reduced too. The losses read the LM head's weight outside any forward (the chunked KD and
+CE, capgap.distill.chunked), so each step runs as a forward of the student's root (`in_forward`):
+its parameters are whole for the whole step and their gradients reduced after it.
+
+The teacher is not a submodule (it must stay out of the optimiser and checkpoints), so it is
+sharded apart, one unit per decoder layer, each gathered for its forward and freed after it
+(`shard_teacher`). The rest stays whole on every rank: the KD loss reads the LM head's weight
+outside any forward, a tied head is the embedding, and a vocabulary × width matrix is small next
+to the layers (262 MB for LLaMA-2-7B in bf16); the teacher gets no gradients, so whole weights
+need no reduction. Its base model is no unit either: transformers finds which outputs a model can
+record (hidden states, attentions: the intermediate terms) by its class, which fully_shard changes.
 """
 
 from __future__ import annotations
 
-import torch
+# the student's method that runs a function as a forward of its root unit (in_forward)
+STEP = "capgap_step"
 
 
 def decoder_layers() -> set[type]:
@@ -20,30 +31,90 @@ def decoder_layers() -> set[type]:
     return {GPT2Block, GPTNeoXLayer, LlamaDecoderLayer}
 
 
-def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", **kw):
-    """Lightning's FSDPStrategy wrapping each decoder layer (Hydra cannot write a set of classes)."""
-    from lightning.pytorch.strategies import FSDPStrategy
+def fsdp_strategy(**kw):
+    """Lightning's ModelParallelStrategy with every rank in the data-parallel (sharding)
+    dimension and none in tensor parallelism; the module shards itself (shard_module). One
+    process has nothing to shard over: Lightning's default there (and no process group of
+    Lightning's own, which would outlive the job)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return FSDPStrategy(auto_wrap_policy=decoder_layers(), sharding_strategy=sharding_strategy,
-                        use_orig_params=True, **kw)
+    from capgap import distributed
+
+    world = distributed.current().world_size
+    if world == 1:
+        return "auto"
+    return ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1, **kw)
 
 
-def shard_teacher(teacher, device: torch.device, sharding_strategy: str = "FULL_SHARD"):
-    """Wrap the teacher's base model in FSDP (in place); the LM head stays replicated."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+def is_sharded(strategy) -> bool:
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
-    if teacher.config.tie_word_embeddings:
-        # a tied head shares its weight with the sharded embedding: it cannot stay whole
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def _mesh(module):
+    return module.device_mesh["data_parallel"]
+
+
+def _is_fsdp(module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _shard_layers(model, mesh, **kw) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    kinds = tuple(decoder_layers())
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
+    if not layers:
         from capgap.errors import CapgapError
-        raise CapgapError("trainer=fsdp shards the teacher's layers but keeps its LM head whole, which a "
-                          "teacher with tied embeddings does not allow; use trainer=gpu")
-    prefix = teacher.base_model_prefix
-    base = getattr(teacher, prefix)
-    if isinstance(base, FSDP):
-        return teacher
-    teacher.get_output_embeddings().to(device)
-    setattr(teacher, prefix, FSDP(base, auto_wrap_policy=ModuleWrapPolicy(decoder_layers()),
-                                  sharding_strategy=ShardingStrategy[sharding_strategy],
-                                  device_id=device, use_orig_params=True))
-    return teacher
+        raise CapgapError(f"trainer=fsdp shards GPT-2, GPT-NeoX and LLaMA decoder layers; "
+                          f"{type(model).__name__} has none of them (use trainer=gpu)")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, **kw)
+
+
+def shard_module(module) -> None:
+    """Shard a CausalLMModule's student (and a DistillModule's term projections) over the
+    strategy's device mesh. Idempotent: the final `trainer.validate` after fit, and a later
+    stage (fine-tuning) on the same student, find it sharded and leave it."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh, student = _mesh(module), module.model
+    if not _is_fsdp(student):
+        _shard_layers(student, mesh)
+        fully_shard(student, mesh=mesh)
+        # a plain function on the instance, made a forward method of the root unit (the
+        # public hook for "a method other than forward"): see in_forward
+        setattr(student, STEP, lambda fn, *args, **kw: fn(*args, **kw))
+        register_fsdp_forward_method(student, STEP)
+    for term in getattr(module, "terms", {}).values():
+        if any(True for _ in term.parameters()) and not _is_fsdp(term):
+            fully_shard(term, mesh=mesh)
+
+
+def in_forward(model, fn, *args, **kw):
+    """`fn(*args, **kw)` as a forward of `model`'s root unit when it is sharded: its parameters
+    (the LM head's among them) whole inside, its gradients reduced after the backward."""
+    step = getattr(model, STEP, None)
+    return step(fn, *args, **kw) if step is not None else fn(*args, **kw)
+
+
+def shard_teacher(teacher, mesh) -> None:
+    """Shard the teacher's decoder layers (in place), each its own root unit that frees its
+    gathered weights after each forward (a root keeps them by default, for a backward the teacher
+    never runs); the rest stays whole. Idempotent."""
+    if any(_is_fsdp(m) for m in teacher.modules()):
+        return
+    _shard_layers(teacher, mesh, reshard_after_forward=True)
+
+
+def full_state_dict(model) -> dict | None:
+    """The whole state dict of a sharded model, gathered to CPU (a collective: every rank calls
+    it; only rank 0 needs the result); None for a model that is not sharded."""
+    if not _is_fsdp(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from lightning.fabric.plugins.environments import ClusterEnvironment
+from lightning.fabric.utilities.load import _METADATA_FILENAME  # meta.pt: a sharded checkpoint's last file
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -28,6 +29,7 @@ CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
 # null in conf/trainer means Lightning's default; null rather than the default's value keeps
 # the config hash (the store's identity of a run) of every run made before these keys existed
 NULL_IS_DEFAULT = ("num_nodes", "strategy", "accumulate_grad_batches")
+FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 
 
 def resolve_precision(precision) -> str:
@@ -64,17 +66,29 @@ def check_trainer(trainer_cfg) -> None:
     """What Lightning would only find out after a teacher is loaded (or in a child process),
     as one line before anything is written."""
     acc = str(trainer_cfg.get("accelerator", "auto"))
-    if is_fsdp(trainer_cfg) and not torch.cuda.is_available():
-        raise CapgapError("trainer=fsdp: FSDP shards the models over CUDA GPUs and needs CUDA, which "
-                          "this machine does not have (use trainer=default or trainer=cpu)")
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise CapgapError(f"trainer.accelerator={acc}: no CUDA device is visible (use trainer=cpu)")
+        hint = ("trainer.accelerator=cpu shards over CPU processes" if is_fsdp(trainer_cfg)
+                else "use trainer=cpu")
+        raise CapgapError(f"trainer.accelerator={acc}: no CUDA device is visible ({hint})")
+    precision = resolve_precision(trainer_cfg.get("precision"))
+    if is_fsdp(trainer_cfg) and precision not in FSDP_PRECISIONS:
+        raise CapgapError(f"trainer=fsdp: trainer.precision={precision} is not one of {', '.join(FSDP_PRECISIONS)} "
+                          "(what Lightning's ModelParallelStrategy supports)")
     n = devices_per_node(trainer_cfg)
     have = torch.cuda.device_count() if uses_cuda(trainer_cfg) else (os.cpu_count() or 1)
     if n < 1 or n > have:
         kind = "CUDA devices" if uses_cuda(trainer_cfg) else "CPU cores (one process each)"
         raise CapgapError(f"trainer.devices={trainer_cfg.get('devices')} asks for {n} devices but this "
                           f"machine has {have} {kind}")
+
+
+def check_sharded_distill(trainer_cfg, distill_cfg) -> None:
+    """What trainer=fsdp does not run in a distillation, as one line before anything is written."""
+    d = distill_cfg
+    if is_fsdp(trainer_cfg) and (d.get("chain") or d.get("assistants") not in (None, "none", "off")):
+        # each stage prunes the next from the assistant just trained, which trainer=fsdp leaves in shards
+        raise CapgapError("trainer=fsdp does not run teacher-assistant chains (distill.chain, "
+                          "distill.assistants); use trainer=gpu")
 
 
 def device_for(trainer_cfg) -> torch.device:
@@ -151,13 +165,17 @@ def single_process(trainer_cfg):
     return out
 
 
-def build_trainer(trainer_cfg, find_unused: bool = False, **overrides) -> L.Trainer:
+def build_trainer(trainer_cfg, find_unused: bool = False, shard: bool = False, **overrides) -> L.Trainer:
     """A Trainer from conf/trainer with capgap's own keys taken out and precision resolved, on
     the running job's ranks; a one-device config inside a job of several runs on this process
     alone (single_process). `find_unused`: a module some of whose parameters sit out some steps
-    (progressive stages) under DDP."""
+    (progressive stages) under DDP. `shard`: a CausalLMModule's training, which trainer=fsdp
+    shards (capgap.sharding); the other passes (scoring, evaluation alone) keep each rank's
+    model whole under DDP."""
     kwargs = {k: v for k, v in trainer_cfg.items()
               if k not in CAPGAP_KEYS and not (k in NULL_IS_DEFAULT and v is None)}
+    if is_fsdp(trainer_cfg) and not shard:
+        kwargs["strategy"] = "auto"
     # callbacks the config adds (`+trainer.callbacks=[...]`) join capgap's own
     callbacks = [*(instantiate(kwargs.pop("callbacks", None)) or []), *overrides.pop("callbacks", [])]
     kwargs.update(overrides, callbacks=callbacks)
@@ -179,6 +197,15 @@ def build_trainer(trainer_cfg, find_unused: bool = False, **overrides) -> L.Trai
     if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.progress)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StageBar()]
     return instantiate(kwargs)
+
+
+def has_checkpoint(path: Path) -> bool:
+    """Whether a run can resume from `path`: a file (one process, DDP), or the folder a sharded
+    run writes (trainer=fsdp: Lightning's ModelParallelStrategy saves each rank's shard through
+    torch.distributed.checkpoint, then rank 0 writes the folder's meta.pt, so a first save cut
+    short has none). AtomicCheckpointIO does not apply there: that strategy writes no file
+    through a CheckpointIO, so a run killed while overwriting its folder can leave it mixed."""
+    return path.is_file() or (path / _METADATA_FILENAME).is_file()
 
 
 def throughput_monitor(window: int) -> ThroughputMonitor:
@@ -213,13 +240,15 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     datamodule.train_steps = max_steps * accum * world
     module.flops_per_batch = module.flops_per_token() * datamodule.tokens_per_batch
     log_every = int(trainer_cfg.get("log_every_n_steps", 10) or 10)
-    trainer = build_trainer(trainer_cfg, find_unused=find_unused, max_steps=max_steps, max_epochs=-1,
+    # AtomicCheckpointIO writes single-file checkpoints; trainer=fsdp's distributed ones bypass
+    # any CheckpointIO (see has_checkpoint)
+    trainer = build_trainer(trainer_cfg, find_unused=find_unused, shard=True, max_steps=max_steps, max_epochs=-1,
                             val_check_interval=interval,
                             logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                             callbacks=[checkpoint, RNGState(), throughput_monitor(log_every * accum),
                                        *extra_callbacks])
     last = ckpt_dir / "last.ckpt"
-    resume = distributed.current().broadcast(last.is_file())  # rank 0's checkpoint, rank 0's word
+    resume = distributed.current().broadcast(has_checkpoint(last))  # rank 0's checkpoint, rank 0's word
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     # the periodic evaluation sees a fixed prefix; the final figure uses every validation block
     datamodule.eval_batches = None

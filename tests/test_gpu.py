@@ -65,3 +65,8 @@ def test_fsdp_distills_with_a_sharded_teacher(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["tokens"] >= 2048 and m["val_loss"] > 0 and m["teacher_val_loss"] > 0
+    # the student's shards gathered whole by rank 0 (tests/test_fsdp.py checks the rest on CPU)
+    from capgap.prune.slicing import load_pruned
+
+    student = load_pruned(tmp_path / "run" / "student")
+    assert sum(p.numel() for p in student.parameters()) == m["student_params"]

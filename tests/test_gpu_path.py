@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from capgap import budget, plan
@@ -124,7 +125,12 @@ def test_global_batch_sets_accumulation_and_refuses_what_devices_cannot_split():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["trainer=fsdp"], "FSDP .* needs CUDA"),
+    pytest.param(["trainer=fsdp"], "no CUDA device is visible .*trainer.accelerator=cpu shards over CPU processes",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU default runs here")),
+    (["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=16-mixed"],
+     "trainer=fsdp: trainer.precision=16-mixed is not one of 32-true, bf16-mixed"),
+    (["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1", "distill=assistant"],
+     "trainer=fsdp does not run teacher-assistant chains"),
     (["trainer=cpu", "trainer.devices=4096"], r"trainer.devices=4096 asks for 4096 devices but this machine has"),
     (["trainer=cpu", "distill.global_batch_tokens=1000"], "not a multiple of micro-batch"),
 ])
@@ -138,22 +144,33 @@ def test_bad_trainer_input_is_one_line_and_writes_nothing(tmp_path, overrides, m
     assert not (tmp_path / "cache").exists()
 
 
-def test_run_py_with_fsdp_on_cpu_exits_2_with_one_line(tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="trainer=fsdp's GPU default runs here")
+def test_run_py_with_fsdp_without_cuda_exits_2_with_one_line_naming_the_cpu_override(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "trainer=fsdp", f"hydra.run.dir={tmp_path / 'h'}",
                         f"paths.cache_dir={tmp_path / 'cache'}", f"store.url={tmp_path / 's.sqlite'}"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
     errors = [line for line in p.stderr.splitlines() if line.startswith("capgap: error:")]
-    assert len(errors) == 1 and "FSDP" in errors[0] and "CUDA" in errors[0] and "Traceback" not in p.stderr
+    assert len(errors) == 1 and "CUDA" in errors[0] and "trainer.accelerator=cpu" in errors[0], p.stderr
+    assert "Traceback" not in p.stderr
     assert not (tmp_path / "s.sqlite").exists() and not (tmp_path / "h" / "config_resolved.yaml").exists()
 
 
-def test_fsdp_config_composes_with_the_sharding_strategy():
+def test_fsdp_config_composes_with_the_sharding_strategy_and_runs_on_cpu_by_override(monkeypatch):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
     cfg = config("trainer=fsdp")
     assert cfg.trainer.strategy._target_ == "capgap.sharding.fsdp_strategy"
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
-    with pytest.raises(CapgapError, match="FSDP"):
-        check_trainer(cfg.trainer)
+    assert instantiate(cfg.trainer.strategy) == "auto"  # one process: nothing to shard over
+    from capgap import distributed
+    from capgap.distributed import Job, Topology
+
+    monkeypatch.setattr(distributed, "_current", Job(Topology(0, 0, 0, 2, 2, "spawn")))
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (2, 1)
+    check_trainer(config("trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1").trainer)
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))

@@ -11,6 +11,7 @@ nothing to get wrong, on one process or many.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from capgap import distributed
 from capgap.data import token_cache
 from capgap.data.blocks import PackedBlocks
-from capgap.data.rank_share import RankShare
+from capgap import sharding
+from capgap.data.rank_share import EvenBatches, RankShare
 from capgap.errors import CapgapError
 
 # torchdata 0.11 calls a torch API that newer torch deprecates, once per epoch: noise in every log
@@ -97,6 +99,11 @@ class CorpusDataModule(L.LightningDataModule):
             val = torch.utils.data.Subset(val, range(n))
         # a generator of its own: a periodic evaluation must not move the global RNG that
         # dropout reads, or a run resumed past one would diverge from an uninterrupted run
-        return DataLoader(val, batch_size=self.batch_size, num_workers=self.num_workers,
-                          sampler=RankShare(len(val), self.batch_size, *self._ranks()),
-                          generator=torch.Generator().manual_seed(self.seed))
+        rank, world = self._ranks()
+        loader = DataLoader(val, batch_size=self.batch_size, num_workers=self.num_workers,
+                            sampler=RankShare(len(val), self.batch_size, rank, world),
+                            generator=torch.Generator().manual_seed(self.seed))
+        if world > 1 and sharding.is_sharded(self.trainer.strategy):
+            # rank 0 has the most batches: ⌈batches / world⌉
+            return EvenBatches(loader, math.ceil(math.ceil(len(val) / self.batch_size) / world))
+        return loader

@@ -15,6 +15,8 @@ import itertools
 import torch
 from torch.utils.data import Sampler
 
+from capgap.data.blocks import IGNORE
+
 
 def shuffled(n: int, num_samples: int, seed: int):
     """`num_samples` indices from successive shuffles of range(n), as torch's RandomSampler
@@ -56,3 +58,26 @@ class RankShare(Sampler[int]):
         mine = full // self.world + (1 if full % self.world > self.rank else 0)
         last = rest if rest and full % self.world == self.rank else 0
         return mine * self.batch_size + last
+
+
+class EvenBatches:
+    """A rank's evaluation loader topped up with blank batches (every label ignored, so they
+    weigh nothing in a token-weighted loss) to `batches`, the most any rank has: a sharded model
+    (trainer=fsdp) gathers its weights from every rank in each forward, so every rank has to
+    run as many forwards as the others."""
+
+    def __init__(self, loader, batches: int):
+        self.loader, self.batches, self.dataset = loader, batches, loader.dataset
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        n = 0
+        for n, batch in enumerate(self.loader, 1):
+            yield batch
+        if n < self.batches:
+            blank = self.loader.collate_fn([self.dataset[0]])
+            blank["labels"].fill_(IGNORE)
+            for _ in range(self.batches - n):
+                yield blank

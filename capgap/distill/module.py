@@ -18,10 +18,10 @@ Strategies (capgap.distill.strategy) plug in without changing this file: loss te
 from __future__ import annotations
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from capgap.data.blocks import IGNORE
+from capgap import sharding
 from capgap.distill.chunked import CHUNK_SIZE, chunked_kd_loss
 from capgap.distill.losses import KDLoss, shift_labels
 from capgap.distill.teacher_eval import TeacherValidation
@@ -109,10 +109,9 @@ class DistillModule(CausalLMModule):
         p = next(t.parameters())
         if p.device != self.device or (dtype is not None and p.dtype != dtype):
             t.to(device=self.device, dtype=dtype)
-        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            from capgap.sharding import shard_teacher  # under trainer=fsdp the teacher is sharded too
-
-            shard_teacher(t, self.device)
+        if self._trainer is not None and sharding.is_sharded(self.trainer.strategy):
+            # under trainer=fsdp the teacher is sharded too, once placed and cast (sharding casts nothing)
+            sharding.shard_teacher(t, self.device_mesh["data_parallel"])
 
     def on_fit_start(self):
         self._place_teacher()

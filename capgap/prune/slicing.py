@@ -54,7 +54,7 @@ def slice_model(model, plan: Plan, inplace: bool = False):
     return student
 
 
-def save_pruned(student, plan: Plan, path) -> Path:
+def save_pruned(student, plan: Plan, path, state_dict=None) -> Path:
     path = Path(path)
     uniform = is_uniform(plan, adapter_for(student))
     config = student.config
@@ -69,7 +69,7 @@ def save_pruned(student, plan: Plan, path) -> Path:
         try:
             # non-uniform: keep in-memory tensor names (HF's save-time renaming, e.g. NeoX's
             # lm_head -> embed_out, is undone only by its own loader, which can't load these)
-            student.save_pretrained(tmp, save_original_format=uniform)
+            student.save_pretrained(tmp, save_original_format=uniform, state_dict=state_dict)
         finally:
             student.config = config
         (tmp / PLAN_FILE).write_text(json.dumps({"uniform": uniform, "plan": plan.to_dict()}))

@@ -15,7 +15,7 @@ from capgap.atomic import write_json_atomic
 from capgap.budget import apply_global_batch
 from capgap import distributed
 from capgap.errors import CapgapError
-from capgap.training import check_trainer
+from capgap.training import check_sharded_distill, check_trainer
 
 TASKS = {
     "pretrain": "capgap.tasks.pretrain",
@@ -33,6 +33,7 @@ def run_task(cfg) -> dict:
     if cfg.task in ("distill", "study"):
         d = cfg.distill  # a global batch the devices cannot split fails here, not after a teacher loaded
         apply_global_batch(cfg.trainer, d.batch_size, d.block_size, d.get("global_batch_tokens"))
+        check_sharded_distill(cfg.trainer, d)
     module = importlib.import_module(TASKS[cfg.task])
     run_dir = Path(cfg.paths.run_dir)
     try:

@@ -26,7 +26,7 @@ from capgap.run_id import config_hash, teacher_id
 from capgap.student import make_student, size_info
 from capgap.resume import claim
 from capgap.tasks.prune import save_student
-from capgap import training
+from capgap import sharding, training
 from capgap.terminal import announce, report
 
 
@@ -77,7 +77,7 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     with precision:
         transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer), tokens=planned_tokens)
     job = distributed.current()
-    resumed = job.broadcast((ckpt_dir / "last.ckpt").is_file())
+    resumed = job.broadcast(training.has_checkpoint(ckpt_dir / "last.ckpt"))
     log_every = cfg.trainer.get("log_every_n_steps", 10)
     # a teacher-assistant chain distills its assistants first; the last one teaches the student
     source, source_key, chain = teacher, None, []
@@ -109,8 +109,10 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
                                    ft_tokens, ft_scale, log_every=log_every,
                                    extra_callbacks=extra)
     folder = run_dir / "student"
+    # trainer=fsdp: the student's shards gathered whole on rank 0 (every rank takes part)
+    whole = sharding.full_state_dict(module.model)
     if job.is_zero:
-        save_student(module.model, plan, tokenizer, folder)
+        save_student(module.model, plan, tokenizer, folder, state_dict=whole)
         if not d.get("keep_checkpoint"):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info, **transfer,

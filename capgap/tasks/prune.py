@@ -17,13 +17,14 @@ from capgap.terminal import announce, report
 from capgap.training import evaluate
 
 
-def save_student(student, plan, tokenizer, folder):
-    """HF folder + tokenizer (+ capgap_plan.json), all appearing at once or not at all."""
+def save_student(student, plan, tokenizer, folder, state_dict=None):
+    """HF folder + tokenizer (+ capgap_plan.json), all appearing at once or not at all.
+    `state_dict`: the student's whole weights when the model holds shards (trainer=fsdp)."""
     with atomic_dir(folder) as tmp:
         if plan is not None:
-            save_pruned(student, plan, tmp)
+            save_pruned(student, plan, tmp, state_dict=state_dict)
         else:
-            student.save_pretrained(tmp)
+            student.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return folder
 
