@@ -45,6 +45,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 46-60 s: the run.py test below covers scoring on 2 processes in the default suite
 def test_pruner_scores_from_two_processes_equal_one(tmp_path):
     # PrunerModule under Lightning's own DDP launcher (a script, no capgap job): the ranks' sums add up
     for devices in (1, 2):

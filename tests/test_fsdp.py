@@ -55,6 +55,7 @@ def uninterrupted(setup, tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # 54 s of two processes on a quiet 2-core machine, 87 s on a busy one
 def test_sharded_teacher_and_student_train_clip_validate_and_save_whole(setup, uninterrupted):
     work = uninterrupted
     m = json.loads((work / "run" / "metrics.json").read_text())
