@@ -18,7 +18,7 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME  # meta.pt: a sha
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.strategies import DDPStrategy
 
-from capgap import distributed
+from capgap import distributed, sharding
 from capgap.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
                            uses_cuda, world_size)
 from capgap.errors import CapgapError
@@ -247,6 +247,7 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
                             logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
                             callbacks=[checkpoint, RNGState(), throughput_monitor(log_every * accum),
                                        *extra_callbacks])
+    datamodule.even_batches = sharding.is_sharded(trainer.strategy)
     last = ckpt_dir / "last.ckpt"
     resume = distributed.current().broadcast(has_checkpoint(last))  # rank 0's checkpoint, rank 0's word
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)

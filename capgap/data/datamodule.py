@@ -23,7 +23,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from capgap import distributed
 from capgap.data import token_cache
 from capgap.data.blocks import PackedBlocks
-from capgap import sharding
 from capgap.data.rank_share import EvenBatches, RankShare
 from capgap.errors import CapgapError
 
@@ -46,6 +45,10 @@ class CorpusDataModule(L.LightningDataModule):
         # at fit, which must not bring the plain corpus blocks back
         self.train_override = None
         self.train_steps: int | None = None  # batches one fit draws (training.fit sets it)
+        # every rank evaluates as many batches (a short rank topped up with blank ones): a
+        # sharded model gathers its weights in every forward, so no rank may skip one
+        # (training.fit sets it under sharding)
+        self.even_batches = False
 
     # No prepare_data: Lightning calls it on local rank 0s only, inside a barrier of every rank
     # of the process group, which rank 0 pretraining a micro teacher on its own cannot pass.
@@ -103,7 +106,7 @@ class CorpusDataModule(L.LightningDataModule):
         loader = DataLoader(val, batch_size=self.batch_size, num_workers=self.num_workers,
                             sampler=RankShare(len(val), self.batch_size, rank, world),
                             generator=torch.Generator().manual_seed(self.seed))
-        if world > 1 and sharding.is_sharded(self.trainer.strategy):
+        if world > 1 and self.even_batches:
             # rank 0 has the most batches: ⌈batches / world⌉
             return EvenBatches(loader, math.ceil(math.ceil(len(val) / self.batch_size) / world))
         return loader
