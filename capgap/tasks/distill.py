@@ -25,7 +25,9 @@ from capgap.prune.slicing import PLAN_FILE
 from capgap.run_id import config_hash, teacher_id
 from capgap.student import make_student, size_info
 from capgap.resume import claim
-from capgap.tasks.prune import save_student
+from capgap.eval import harness
+from capgap.tasks.evaluate import benchmarks, check_benchmarks
+from capgap.tasks.prune import save_student, student_card
 from capgap import training
 from capgap.terminal import announce, report
 
@@ -50,6 +52,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
     student exists (task=study adds the one that writes the store). Reached through run_task
     only, which has set the accumulation for distill.global_batch_tokens."""
+    check_benchmarks(cfg)  # a bad eval.tasks fails before a checkpoint folder is claimed
     with claim(checkpoint_dir(cfg)) as ckpt_dir:  # one job per checkpoint folder, for the whole run
         return _run(cfg, run_dir, ckpt_dir, callbacks)
 
@@ -107,17 +110,16 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
                                    ft_tokens, ft_scale, log_every=log_every,
                                    extra_callbacks=extra)
     folder = run_dir / "student"
-    if is_rank_zero():
-        save_student(module.model, plan, tokenizer, folder)
-        if not d.get("keep_checkpoint"):
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    last = ft_trainer if ft_tokens else trainer
+    # eval=harness: benchmarks of the final student, before it is saved, so its card has them
+    figs = benchmarks(cfg, module.model, tokenizer, last.logger, int(last.global_step))
     metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info, **transfer,
                "loss": d.loss.name, "alpha": float(d.loss.alpha),
                "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * per_step,
                "tokens_planned": tokens, "tokens_per_step": per_step,
                "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],
                "teacher_val_loss": before.get("val/teacher_loss"), "student_dir": str(folder),
-               "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
+               **figs, "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
     if chain:
         # teacher_val_loss above is the last assistant's; the real teacher's is the first stage's
         metrics.update(chain=chain, teacher_val_loss=chain[0]["teacher_val_loss"],
@@ -128,8 +130,11 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
                        finetune_tokens=int(ft_trainer.global_step) * per_step,
                        finetune_lr=float(d.lr * ft_scale))
     if is_rank_zero():
+        save_student(module.model, plan, tokenizer, folder, student_card(cfg, module.model, plan, metrics))
+        if not d.get("keep_checkpoint"):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
         report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
                f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
                f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
-               f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")
+               f"(teacher {metrics['teacher_val_loss']:.4f}){harness.summary(figs)}; saved {folder}")
     return metrics
