@@ -22,7 +22,7 @@ from conftest import TINY
 from prune_helpers import logits
 
 from capgap.models.adapters import adapter_for
-from capgap.models.remote_code import FAMILIES, MODELING_FILE, TEMPLATES
+from capgap.models.remote_code import FAMILIES, MODELING_FILE, modeling_source
 from capgap.prune.planner import make_plan
 from capgap.prune.scores import random_scores
 from capgap.prune.slicing import PLAN_FILE, is_uniform, load_pruned, save_pruned, slice_model
@@ -139,7 +139,7 @@ def test_config_holds_the_per_layer_widths(saved):
     assert config["layer_heads"] == [hpg * len(h) for h in plan.heads]
     assert config["layer_intermediate"] == [len(n) for n in plan.neurons]
     assert config["hidden_size"] == len(plan.hidden) and config["tie_word_embeddings"] is False
-    assert (folder / MODELING_FILE).read_text() == (TEMPLATES / "llama.py").read_text()
+    assert (folder / MODELING_FILE).read_text() == modeling_source("llama")
 
 
 def test_stock_loader_without_trust_remote_code_refuses(saved):
@@ -149,9 +149,9 @@ def test_stock_loader_without_trust_remote_code_refuses(saved):
         AutoModelForCausalLM.from_pretrained(saved["gpt2"][0], trust_remote_code=False)
 
 
-def test_templates_import_only_torch_and_transformers():
-    for template, _, _ in FAMILIES.values():
-        tree = ast.parse((TEMPLATES / template).read_text())
+def test_modeling_files_import_only_torch_and_transformers():
+    for family in FAMILIES:
+        tree = ast.parse(modeling_source(family))
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert roots <= {"copy", "torch", "transformers"}, (template, roots)

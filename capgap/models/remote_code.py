@@ -3,14 +3,16 @@ a modeling file beside the weights, `auto_map` and the per-layer widths in confi
 
 Then `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` builds it where
 capgap is not installed (lm-evaluation-harness, serving tools, a colleague's notebook). The
-modeling file is one of capgap/models/templates, copied as is: it imports only torch and
-transformers and builds every layer from the stock classes at that layer's widths.
+modeling file is the family's template in capgap/models/templates with the shared helpers
+(templates/common.py) written in place of the line that imports them, so it stands alone: it
+imports only torch and transformers and builds every layer from the stock classes at that
+layer's widths.
 """
 
 from __future__ import annotations
 
+import ast
 import json
-import shutil
 from pathlib import Path
 
 from capgap.errors import CapgapError
@@ -24,6 +26,19 @@ FAMILIES = {
     "gpt2": ("gpt2.py", "CapgapGPT2Config", "CapgapGPT2LMHeadModel"),
     "llama": ("llama.py", "CapgapLlamaConfig", "CapgapLlamaForCausalLM"),
 }
+
+
+INLINED = "# capgap: inlined"  # marks the import line of templates/common.py in a family's template
+
+
+def modeling_source(family: str) -> str:
+    """The modeling file of `family`: its template with templates/common.py written in."""
+    template = (TEMPLATES / FAMILIES[family][0]).read_text()
+    common = (TEMPLATES / "common.py").read_text()
+    first = ast.parse(common).body[1].lineno  # the first statement after the docstring
+    shared = "".join(common.splitlines(keepends=True)[first - 1:]).strip()
+    (line,) = [line for line in template.splitlines() if line.endswith(INLINED)]
+    return template.replace(line, f"# shared by every capgap modeling file (templates/common.py)\n{shared}\n")
 
 
 def layer_widths(model) -> dict:
@@ -58,5 +73,5 @@ def write_remote_code(model, folder: str | Path) -> None:
     family's modeling file goes beside it."""
     folder = Path(folder)
     config = remote_config(model)
-    shutil.copyfile(TEMPLATES / FAMILIES[model.config.model_type][0], folder / MODELING_FILE)
+    (folder / MODELING_FILE).write_text(modeling_source(model.config.model_type))
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -8,12 +8,12 @@ and generate() are transformers' own. It imports only torch and transformers. Lo
     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
 """
 
-import copy
-
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block
 from transformers.pytorch_utils import Conv1D
+
+from .common import check_widths, share_config, with_values  # capgap: inlined
 
 
 class CapgapGPT2Config(GPT2Config):
@@ -23,42 +23,22 @@ class CapgapGPT2Config(GPT2Config):
     layer_intermediate: list[int] | None = None
 
     def validate_architecture(self):
-        for key in ("layer_heads", "layer_intermediate"):
-            widths = getattr(self, key)
-            if widths is None or len(widths) != self.num_hidden_layers:
-                raise ValueError(f"{key} must list one width per layer ({self.num_hidden_layers})")
-        if not self.head_dim:
-            raise ValueError("head_dim must be set")
-
-    def with_values(self, **values) -> GPT2Config:
-        config = copy.copy(self)
-        for key, value in values.items():
-            setattr(config, key, value)
-        return config
-
-
-def _share_config(block: nn.Module, config) -> nn.Module:
-    # the per-block copies only sized the modules; their forward reads the model's config
-    # (the attention implementation), which must stay the one set_attn_implementation changes
-    for m in block.modules():
-        if getattr(m, "config", None) is not None:
-            m.config = config
-    return block
+        check_widths(self, ("layer_heads", "layer_intermediate"))
 
 
 def make_block(config: CapgapGPT2Config, i: int) -> GPT2Block:
     # one head lets the stock block build its (replaced) attention at any hidden size
-    block = GPT2Block(config.with_values(n_inner=config.layer_intermediate[i], n_head=1), layer_idx=i)
+    block = GPT2Block(with_values(config, n_inner=config.layer_intermediate[i], n_head=1), layer_idx=i)
     # GPT2Attention derives its width, split and head size from n_embd / n_head: build it at
     # its own width (heads x head_dim), then let its projections read and write the residual
     # stream's n_embd
     heads, hidden = config.layer_heads[i], config.hidden_size
     width = heads * config.head_dim
-    attn = GPT2Attention(config.with_values(n_embd=width, n_head=heads), layer_idx=i)
+    attn = GPT2Attention(with_values(config, n_embd=width, n_head=heads), layer_idx=i)
     attn.c_attn = Conv1D(3 * width, hidden)
     attn.c_proj = Conv1D(hidden, width)
     block.attn = attn
-    return _share_config(block, config)
+    return share_config(block, config)
 
 
 class CapgapGPT2LMHeadModel(GPT2LMHeadModel):

@@ -8,11 +8,11 @@ only torch and transformers. Load with
     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
 """
 
-import copy
-
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from .common import check_widths, share_config, with_values  # capgap: inlined
 
 
 class CapgapLlamaConfig(LlamaConfig):
@@ -22,29 +22,14 @@ class CapgapLlamaConfig(LlamaConfig):
     layer_intermediate: list[int] | None = None
 
     def validate_architecture(self):
-        # the stock check (hidden_size divisible by the heads) does not apply: head_dim is
-        # explicit and the heads differ per layer
-        for key in ("layer_heads", "layer_kv_heads", "layer_intermediate"):
-            widths = getattr(self, key)
-            if widths is None or len(widths) != self.num_hidden_layers:
-                raise ValueError(f"{key} must list one width per layer ({self.num_hidden_layers})")
-
-    def for_layer(self, i: int) -> LlamaConfig:
-        """This config as the stock layer class reads it for layer i."""
-        layer = copy.copy(self)
-        layer.num_attention_heads = self.layer_heads[i]
-        layer.num_key_value_heads = self.layer_kv_heads[i]
-        layer.intermediate_size = self.layer_intermediate[i]
-        return layer
+        check_widths(self, ("layer_heads", "layer_kv_heads", "layer_intermediate"))
 
 
-def _share_config(layer: nn.Module, config) -> nn.Module:
-    # the per-layer copy only sized the modules; their forward reads the model's config
-    # (the attention implementation), which must stay the one set_attn_implementation changes
-    for m in layer.modules():
-        if getattr(m, "config", None) is not None:
-            m.config = config
-    return layer
+def make_layer(config: CapgapLlamaConfig, i: int) -> LlamaDecoderLayer:
+    layer = LlamaDecoderLayer(with_values(config, num_attention_heads=config.layer_heads[i],
+                                          num_key_value_heads=config.layer_kv_heads[i],
+                                          intermediate_size=config.layer_intermediate[i]), i)
+    return share_config(layer, config)
 
 
 class CapgapLlamaForCausalLM(LlamaForCausalLM):
@@ -52,6 +37,4 @@ class CapgapLlamaForCausalLM(LlamaForCausalLM):
 
     def __init__(self, config: CapgapLlamaConfig):
         super().__init__(config)
-        self.model.layers = nn.ModuleList(
-            _share_config(LlamaDecoderLayer(config.for_layer(i), i), config)
-            for i in range(config.num_hidden_layers))
+        self.model.layers = nn.ModuleList(make_layer(config, i) for i in range(config.num_hidden_layers))
