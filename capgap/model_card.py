@@ -106,7 +106,7 @@ Without capgap (stock transformers; {'a stock folder' if c.uniform else
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("DIR")
+tokenizer = AutoTokenizer.from_pretrained("DIR", trust_remote_code=True)
 ```
 
 With capgap (the stock class capgap pruned, as it trains and prunes it further):

@@ -209,3 +209,19 @@ def test_a_harness_mistake_is_one_line(name, task, world, tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "student").exists()
     store = tmp_path / "store.sqlite"
     assert not store.exists() or Store(str(store)).results(None) == []
+
+
+def test_capgap_reads_a_student_tokenizer_without_running_or_asking_about_its_code(students, capsys):
+    """AutoTokenizer reads config.json, which names a non-uniform student's modeling file:
+    capgap gives it the family's config instead, so it neither runs the folder's code nor
+    asks in the terminal whether to."""
+    from capgap.models.zoo import load_local, load_local_tokenizer
+    from capgap.errors import CapgapError
+
+    made, tokenizer = students
+    folder = made["global"][1]
+    assert load_local_tokenizer(folder).get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(CapgapError, match="custom code"):  # as a teacher: refused, not run
+        load_local(folder)
+    out = capsys.readouterr()
+    assert "Do you wish to run the custom code" not in out.out + out.err
