@@ -37,6 +37,7 @@ class StoreCallback(Callback):
         self.tokens_per_step = tokens_per_step
         self.t0 = time.perf_counter()
         self.written = False
+        self.done_row: dict | None = None  # the done row written, for amend()
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.state.fn != TrainerFn.VALIDATING or trainer.sanity_checking:
@@ -53,6 +54,8 @@ class StoreCallback(Callback):
         announce("writing the store", f"{row['status']} row into {self.store.name}")
         self.store.record(row, replace=self.replace)
         self.written = True
+        if row["status"] == "done":
+            self.done_row = row
         if isinstance(trainer.logger, TensorBoardLogger) and row["status"] == "done":
             # HParams view: one row per run, comparable across a sweep
             trainer.logger.log_hyperparams(self.hparams, {"hp/val_loss": loss,
@@ -62,6 +65,15 @@ class StoreCallback(Callback):
         # a peer rank's failure may leave this rank stuck in a collective: the watchdog that
         # ends it writes the failed row first
         distributed.current().on_abort(self.fail)
+
+    def amend(self, extra: dict) -> None:
+        """Add figures measured after training (the benchmarks of eval=harness) to the extra
+        of the done row already written; replaced in one transaction, so the store never holds
+        the row twice. Nothing when no done row was written."""
+        if self.done_row is None:
+            return
+        self.done_row = {**self.done_row, "extra": {**(self.done_row.get("extra") or {}), **extra}}
+        self.store.record(self.done_row, replace=True)
 
     def on_exception(self, trainer, pl_module, exception):
         # when another rank failed first, this rank's error is only the collective it left

@@ -20,9 +20,11 @@ def _add_source(p: argparse.ArgumentParser, csv: bool = True):
     if csv:
         src.add_argument("--csv", metavar="FILE",
                          help="results CSV: teacher_params, student_params, metric[, seed]")
-        p.add_argument("--metric", help="which stored metric to fit when the store holds several")
+        p.add_argument("--metric", help="which stored metric to fit: a row's metric (val_loss) or a "
+                                        "benchmark figure of eval=harness, e.g. harness/hellaswag/acc_norm")
         p.add_argument("--higher-is-better", action="store_true",
-                       help="the metric is a score (accuracy), not a loss")
+                       help="the metric is a score (accuracy), not a loss (benchmark figures from the "
+                            "store carry their direction: no flag needed)")
     p.add_argument("--study", metavar="NAME",
                    help="the study to read (default: the store's only one; `capgap report` lists them)")
 
@@ -100,7 +102,7 @@ def cmd_fit(args):
         print(f"wrote {out}")
         return
     # fit every curve before writing anything, so a curve that cannot be fitted leaves no files
-    results = {label: fit(points, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
+    results = {label: fit(points, higher_is_better=_higher(args, points), n_boot=args.bootstrap)
                for label, points in curves.items()}
     for label, result in results.items():
         out = Path(args.out)
@@ -110,6 +112,11 @@ def cmd_fit(args):
         print(result.table())
         for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
             print(f"wrote {path}")
+
+
+def _higher(args, points) -> bool:
+    """--higher-is-better, else what the rows recorded (a benchmark's direction), else lower."""
+    return bool(args.higher_is_better or points.higher_is_better)
 
 
 def _linear_beside(points, args) -> str:
@@ -126,7 +133,7 @@ def _linear_beside(points, args) -> str:
     sub = type(points)(points.teacher[keep], points.student[keep], points.value[keep],
                        points.seed[keep], points.metric)
     try:
-        law = fit(sub, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
+        law = fit(sub, higher_is_better=_higher(args, points), n_boot=args.bootstrap)
     except CapgapError as e:
         return f"capacity-gap law at {format_size(budget)} tokens: not fitted ({e})"
     return (f"capacity-gap law (joint) at {format_size(budget)} tokens, {keep.sum()} runs: "
@@ -151,7 +158,7 @@ def cmd_predict(args):
         print(describe_distillation(predict_distillation(args.student, parse_size(args.tokens), points)))
         return
     points = curves.get(None)
-    result = fit(points, higher_is_better=args.higher_is_better) if points else None
+    result = fit(points, higher_is_better=_higher(args, points)) if points else None
     print(describe(predict(args.student, result, load_zoo(family=args.family))))
 
 

@@ -1,4 +1,5 @@
-"""Students on disk: uniform ones load with stock transformers, the rest with load_pruned."""
+"""Students on disk: uniform ones load with stock transformers, every one with load_pruned
+(non-uniform ones with stock transformers too, trust_remote_code=True: test_student_export)."""
 
 import copy
 
@@ -55,8 +56,8 @@ def test_non_uniform_student_reloads_with_load_pruned(tiny_model, tmp_path):
     assert torch.equal(logits(reloaded, X), logits(student, X))
     tied = tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight
     assert (reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight) == tied
-    with pytest.raises(Exception):  # the stock loader refuses rather than load a wrong model
-        AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    with pytest.raises(ValueError):  # without its modeling file the stock loader refuses
+        AutoModelForCausalLM.from_pretrained(tmp_path / "student", trust_remote_code=False)
 
 
 def test_save_is_atomic(tiny_model, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ class Points:
     metric: str = "metric"
     teacher_loss: np.ndarray | None = None  # the teacher's held-out loss; NaN where unknown
     tokens: np.ndarray | None = None  # distillation tokens; NaN where unknown
+    higher_is_better: bool | None = None  # as the rows recorded it (benchmarks); None: unknown
 
 
 def _number(value) -> float:
@@ -38,9 +39,12 @@ def _number(value) -> float:
 
 
 def points_from_rows(rows: list[dict], source: str, metric: str | None = None) -> Points:
-    """Done rows of the store -> Points; one metric only, since mixing them means nothing."""
+    """Done rows of the store -> Points; one metric only, since mixing them means nothing.
+    `metric` is a row's metric_name, or a figure in its extra (the benchmarks of eval=harness,
+    e.g. harness/hellaswag/acc_norm), whose direction the rows carry."""
+    higher = None
     if metric:
-        rows = [r for r in rows if r.get("metric_name") == metric]
+        rows, higher = _with_metric(rows, metric)
     if not rows:
         raise CapgapError(f"no finished runs{f' with metric {metric}' if metric else ''} "
                           f"in {source}: nothing to fit")
@@ -60,7 +64,25 @@ def points_from_rows(rows: list[dict], source: str, metric: str | None = None) -
                   np.array([int(r["seed"]) if r.get("seed") not in (None, "") else 0 for r in rows]),
                   names[0],
                   np.array([teacher_loss(r) for r in rows]),
-                  np.array([_number(r.get("tokens")) for r in rows]))
+                  np.array([_number(r.get("tokens")) for r in rows]), higher)
+
+
+HIGHER_KEY = "harness/higher_is_better"  # what capgap.eval.harness writes beside its figures
+
+
+def _with_metric(rows: list[dict], metric: str) -> tuple[list[dict], bool | None]:
+    """The rows that have `metric`, as their metric; and whether higher is better, when the
+    rows say (a benchmark's figures come with lm-eval's direction)."""
+    out, higher = [], set()
+    for r in rows:
+        extra = r.get("extra") if isinstance(r.get("extra"), dict) else {}
+        if r.get("metric_name") == metric:
+            out.append(r)
+        elif np.isfinite(_number(extra.get(metric))):
+            out.append(dict(r, metric_name=metric, metric=float(extra[metric])))
+            if isinstance(extra.get(HIGHER_KEY), dict) and metric in extra[HIGHER_KEY]:
+                higher.add(bool(extra[HIGHER_KEY][metric]))
+    return out, higher.pop() if len(higher) == 1 else None
 
 
 def read_csv(path: str | Path) -> Points:

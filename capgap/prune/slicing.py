@@ -1,9 +1,12 @@
 """Plan → a model with really smaller tensors; save it atomically; load it back.
 
 A uniform plan (every layer the same width, and a shape the stock HF class can build)
-reloads with plain AutoModelForCausalLM.from_pretrained. A non-uniform one saves the same
-HF files plus capgap_plan.json and reloads with `load_pruned(dir)`; the stock loader
-refuses it loudly (shape mismatch) rather than loading something wrong.
+saves a stock folder: plain AutoModelForCausalLM.from_pretrained reloads it. A non-uniform
+one saves the same weights with a modeling file and its per-layer widths in config.json
+(capgap.models.remote_code), so stock transformers reloads it with trust_remote_code=True;
+without that flag the loader refuses the unknown model_type rather than loading something
+wrong. Both carry capgap_plan.json, from which `load_pruned(dir)` rebuilds either as the
+stock class capgap sliced (folders written before the modeling file load the same way).
 """
 
 import copy
@@ -15,6 +18,7 @@ import torch
 from capgap.atomic import atomic_dir
 from capgap.errors import CapgapError
 from capgap.models.adapters import adapter_for
+from capgap.models.remote_code import write_remote_code
 from capgap.prune.plan import Plan
 
 PLAN_FILE = "capgap_plan.json"
@@ -60,18 +64,20 @@ def save_pruned(student, plan: Plan, path, state_dict=None) -> Path:
     config = student.config
     with atomic_dir(path) as tmp:
         if not uniform:
-            # no stock config describes per-layer widths (and HF validators reject some
-            # shapes), so config.json stays the teacher's: the stock loader then fails on
-            # shape mismatch instead of loading a wrong model, and load_pruned rebuilds
-            # from it with capgap_plan.json
+            # the stock config's validators refuse some pruned shapes (hidden not divisible by
+            # the heads) at save time: save under the teacher's, then write_remote_code
+            # replaces config.json with the student's own, per-layer widths included
             from transformers import AutoConfig
             student.config = AutoConfig.for_model(**plan.teacher)
         try:
             # non-uniform: keep in-memory tensor names (HF's save-time renaming, e.g. NeoX's
-            # lm_head -> embed_out, is undone only by its own loader, which can't load these)
+            # lm_head -> embed_out, is undone only by its stock loader; the modeling file's
+            # classes are custom code, which that renaming skips)
             student.save_pretrained(tmp, save_original_format=uniform, state_dict=state_dict)
         finally:
             student.config = config
+        if not uniform:
+            write_remote_code(student, tmp)
         (tmp / PLAN_FILE).write_text(json.dumps({"uniform": uniform, "plan": plan.to_dict()}))
     return path
 

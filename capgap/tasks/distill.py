@@ -25,7 +25,9 @@ from capgap.prune.slicing import PLAN_FILE
 from capgap.run_id import config_hash, teacher_id
 from capgap.student import make_student, size_info
 from capgap.resume import claim
-from capgap.tasks.prune import save_student
+from capgap.eval import harness
+from capgap.tasks.evaluate import benchmarks, check_benchmarks
+from capgap.tasks.prune import save_student, student_card
 from capgap import sharding, training
 from capgap.terminal import announce, report
 
@@ -50,6 +52,7 @@ def run(cfg, run_dir, callbacks=()) -> dict:
     """`callbacks`: factories `f(info, tokens_per_step) -> lightning Callback`, called once the
     student exists (task=study adds the one that writes the store). Reached through run_task
     only, which has set the accumulation for distill.global_batch_tokens."""
+    check_benchmarks(cfg)  # a bad eval.tasks fails before a checkpoint folder is claimed
     # one job per checkpoint folder, for the whole run; rank 0 holds it for the job's ranks
     with claim(checkpoint_dir(cfg), owner=distributed.current().is_zero) as ckpt_dir:
         return _run(cfg, run_dir, ckpt_dir, callbacks)
@@ -111,17 +114,16 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     folder = run_dir / "student"
     # trainer=fsdp: the student's shards gathered whole on rank 0 (every rank takes part)
     whole = sharding.full_state_dict(module.model)
-    if job.is_zero:
-        save_student(module.model, plan, tokenizer, folder, state_dict=whole)
-        if not d.get("keep_checkpoint"):
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    last = ft_trainer if ft_tokens else trainer
+    # eval=harness: benchmarks of the final student, before it is saved, so its card has them
+    figs = benchmarks(cfg, module.model, tokenizer, last.logger, int(last.global_step))
     metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info, **transfer,
                "loss": d.loss.name, "alpha": float(d.loss.alpha),
                "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * per_step,
                "tokens_planned": tokens, "tokens_per_step": per_step,
                "resumed": resumed, "val_loss": res["val/loss"], "val_ppl": res["val/ppl"],
                "teacher_val_loss": before.get("val/teacher_loss"), "student_dir": str(folder),
-               "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
+               **figs, "wall_time_s": time.perf_counter() - start, "objective": res["val/loss"]}
     if chain:
         # teacher_val_loss above is the last assistant's; the real teacher's is the first stage's
         metrics.update(chain=chain, teacher_val_loss=chain[0]["teacher_val_loss"],
@@ -132,8 +134,12 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
                        finetune_tokens=int(ft_trainer.global_step) * per_step,
                        finetune_lr=float(d.lr * ft_scale))
     if job.is_zero:
+        save_student(module.model, plan, tokenizer, folder, student_card(cfg, module.model, plan, metrics),
+                     state_dict=whole)
+        if not d.get("keep_checkpoint"):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
         report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
                f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
                f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
-               f"(teacher {metrics['teacher_val_loss']:.4f}); saved {folder}")
+               f"(teacher {metrics['teacher_val_loss']:.4f}){harness.summary(figs)}; saved {folder}")
     return metrics

@@ -9,7 +9,12 @@ from capgap.errors import CapgapError
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
 from capgap.atomic import atomic_dir
-from capgap.prune.slicing import save_pruned
+from capgap.eval import harness
+from capgap.model_card import Card, model_card
+from capgap.models.adapters import adapter_for
+from capgap.models.remote_code import layer_widths
+from capgap.prune.slicing import is_uniform, save_pruned
+from capgap.run_id import config_hash
 from capgap.prune.summary import summary
 from capgap.student import make_student
 from capgap.tasks.evaluate import eval_data
@@ -17,16 +22,33 @@ from capgap.terminal import announce, report
 from capgap.training import evaluate
 
 
-def save_student(student, plan, tokenizer, folder, state_dict=None):
-    """HF folder + tokenizer (+ capgap_plan.json), all appearing at once or not at all.
-    `state_dict`: the student's whole weights when the model holds shards (trainer=fsdp)."""
+def save_student(student, plan, tokenizer, folder, card: str | None = None, state_dict=None):
+    """HF folder + tokenizer (+ capgap_plan.json, + the model card README.md), all appearing
+    at once or not at all. `state_dict`: the student's whole weights when the model holds
+    shards (trainer=fsdp)."""
     with atomic_dir(folder) as tmp:
         if plan is not None:
             save_pruned(student, plan, tmp, state_dict=state_dict)
         else:
             student.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     return folder
+
+
+def student_card(cfg, student, plan, metrics: dict) -> str:
+    """The model card of `student`, from the run's metrics (capgap.model_card)."""
+    uniform = plan is None or is_uniform(plan, adapter_for(student))
+    return model_card(Card(
+        teacher=cfg.teacher.name, teacher_params=metrics["teacher_params"],
+        student_params=metrics["student_params"], hidden=student.config.hidden_size,
+        widths=layer_widths(student), uniform=uniform, config_hash=config_hash(cfg),
+        teacher_layers=plan.layers if plan is not None else None, sparsity=metrics.get("sparsity"),
+        loss=metrics.get("loss"), alpha=metrics.get("alpha"), tokens=metrics.get("tokens"),
+        val_loss=metrics.get("val_loss"), teacher_val_loss=metrics.get("teacher_val_loss"),
+        harness={k: v for k, v in metrics.items() if k.startswith(harness.PREFIX)},
+        base_model=cfg.teacher.get("hub_id")))
 
 
 def run(cfg, run_dir) -> dict:
@@ -41,10 +63,8 @@ def run(cfg, run_dir) -> dict:
     announce("evaluating", "teacher and student on the held-out split")
     teacher_eval = evaluate(teacher, dm, cfg.trainer)
     student_eval = evaluate(student, dm, cfg.trainer)
-    folder = run_dir / "student"
     if not distributed.current().is_zero:  # the other ranks scored and evaluated; rank 0 writes
-        return {"student_dir": str(folder), "objective": student_eval["val_loss"]}
-    save_student(student, plan, tokenizer, folder)
+        return {"student_dir": str(run_dir / "student"), "objective": student_eval["val_loss"]}
     (run_dir / "prune_summary.txt").write_text(table + "\n")
     if cfg.get("logger"):  # logger=csv, tensorboard, …: the figures go where the user asked
         logger = instantiate(cfg.logger, save_dir=str(run_dir))
@@ -54,8 +74,9 @@ def run(cfg, run_dir) -> dict:
         logger.finalize("success")
     metrics = {"teacher": cfg.teacher.name, **info, "method": cfg.prune.method,
                "teacher_val_loss": teacher_eval["val_loss"], "val_loss": student_eval["val_loss"],
-               "val_ppl": student_eval["val_ppl"], "student_dir": str(folder),
+               "val_ppl": student_eval["val_ppl"], "student_dir": str(run_dir / "student"),
                "wall_time_s": time.perf_counter() - start, "objective": student_eval["val_loss"]}
+    folder = save_student(student, plan, tokenizer, run_dir / "student", student_card(cfg, student, plan, metrics))
     report(table)
     report(f"{cfg.teacher.name} -> {info['student_params']:,} parameters "
           f"(sparsity {info['sparsity']:.1%}, {cfg.prune.method}): held-out loss "

@@ -14,11 +14,13 @@ from omegaconf import OmegaConf
 
 from capgap.callbacks import StoreCallback, git_commit
 from capgap.errors import CapgapError
+from capgap.eval import harness
 from capgap.law import store as law_store
 from capgap.law.sizes import parse_size
 from capgap.law.studies import DEFAULT, check_name
 from capgap.run_id import config_hash
 from capgap.tasks import distill
+from capgap.tasks.evaluate import check_benchmarks
 from capgap.terminal import report
 
 
@@ -51,6 +53,7 @@ def run(cfg, run_dir) -> dict:
     # what can be checked before the store is opened is: a bad point leaves no trace there
     study = check_name(cfg.get("study") or DEFAULT)
     target = _target(cfg)
+    check_benchmarks(cfg)
     store = law_store.from_config(cfg.store)
     h = config_hash(cfg)
     point = f"study={study} teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
@@ -68,14 +71,20 @@ def run(cfg, run_dir) -> dict:
         report(f"{point}: skipped: {reason}")
         return {"status": "skipped", "reason": reason, "config_hash": h, "objective": None}
 
+    made = []  # the store callback, so the benchmarks measured after training reach its row
+
     def store_callback(info, tokens_per_step):
         row = {"study": study, "config_hash": h, "teacher": cfg.teacher.name, "teacher_params": info["teacher_params"],
                "teacher_non_embedding": info["teacher_non_embedding"],
                "student_params": info["student_params"], "student_non_embedding": info["student_non_embedding"],
                "sparsity": info["sparsity"], "seed": cfg.seed,
                "config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit()}
-        return StoreCallback(store, row, flat_hparams(cfg), tokens_per_step, replace=cfg.store.force)
+        made.append(StoreCallback(store, row, flat_hparams(cfg), tokens_per_step, replace=cfg.store.force))
+        return made[-1]
 
     metrics = distill.run(cfg, run_dir, callbacks=[store_callback])
+    figs = {k: v for k, v in metrics.items() if k.startswith(harness.PREFIX)}
+    if figs and made:
+        made[-1].amend(figs)
     metrics.update(status="done", config_hash=h, study_wall_time_s=time.perf_counter() - start)
     return metrics

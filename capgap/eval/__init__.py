@@ -1,0 +1,1 @@
+"""Evaluation beyond held-out loss: downstream benchmarks (capgap.eval.harness)."""
