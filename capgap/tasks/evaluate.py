@@ -3,6 +3,7 @@
 import time
 
 from capgap.data.datamodule import CorpusDataModule
+from capgap.models import teacher_name
 from capgap.models.params import count_params
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
@@ -23,11 +24,11 @@ def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
     model, _ = load_teacher(cfg.teacher, cfg)
-    announce("evaluating", f"{cfg.teacher.name} on the held-out split")
+    announce("evaluating", f"{teacher_name(cfg.teacher)} on the held-out split")
     res = evaluate(model, dm, cfg.trainer)
     n = count_params(model)
-    metrics = {"teacher": cfg.teacher.name, "params": n["total"], "non_embedding": n["non_embedding"],
+    metrics = {"teacher": teacher_name(cfg.teacher), "params": n["total"], "non_embedding": n["non_embedding"],
                **res, "wall_time_s": time.perf_counter() - start, "objective": res["val_loss"]}
-    report(f"{cfg.teacher.name} ({n['total']:,} parameters): held-out loss "
+    report(f"{teacher_name(cfg.teacher)} ({n['total']:,} parameters): held-out loss "
           f"{metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}")
     return metrics
