@@ -145,7 +145,7 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
 
 
 def check(work: Path, cache: Path, outcome: dict) -> dict:
-    from capgap.atomic import entry_problem, is_temp
+    from capgap.atomic import LOCKS, entry_problem, is_temp
     from capgap.law.fit import fit, points_from_rows
     from capgap.law.store import Store
 
