@@ -156,9 +156,13 @@ def test_heads_floor_and_cap(tiny_model):
 
 def test_block_influence_drops_least_influential(tiny_model):
     influence = torch.tensor([0.9, 0.1])
-    plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.3, layer_drop="block_influence",
+    # the dropped layer is half of p: a sparsity below it cannot be met (test_dropping_more_than...)
+    plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.6, layer_drop="block_influence",
                      drop_layers=1, influence=influence)
     assert plan.layers == [0]
+    with pytest.raises(CapgapError, match="drop fewer layers$"):
+        make_plan(tiny_model, random_scores(tiny_model), sparsity=0.3, layer_drop="block_influence",
+                  drop_layers=1, influence=influence)
 
 
 @pytest.mark.parametrize("name", ["micro_l", "micro_xl"])
