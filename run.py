@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from capgap.errors import CapgapError
+from capgap.models import teacher_name
 
 CONF = Path(__file__).parent / "conf"
 
@@ -18,7 +19,7 @@ CONF = Path(__file__).parent / "conf"
 def run_name(teacher: str, path: str | None = None, *more) -> str:
     """A run folder's name: the teacher (teacher.path's folder when it overrides teacher=),
     then what a sweep varies (student.size), leaving out what is unset."""
-    parts = [Path(path).name if path else teacher, *(str(m) for m in more if m not in (None, ""))]
+    parts = [teacher_name({"name": teacher, "path": path}), *(str(m) for m in more if m not in (None, ""))]
     return "_".join(parts)
 
 

@@ -29,6 +29,7 @@ T = TypeVar("T")
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 TEMP = re.compile(r"^\..+\.(?:tmp|old)-([0-9a-f]{8})-(\d+)-[0-9a-f]{6}$")
 MARKER = ".complete.json"  # an entry's manifest, the last thing written into it
+LOCKS = ".locks"  # the lock files of a folder's entries (lock_for)
 CHECKSUM_LIMIT = 64 << 20  # files above this are checked by size only (hashing GBs on every read costs)
 
 
@@ -119,11 +120,17 @@ def atomic_dir(path: str | Path):
 
 
 def lock_for(path: str | Path) -> FileLock:
-    """The lock that guards `path`: a hidden sibling file. The OS releases it when its holder
-    dies, so a killed job never blocks a later one."""
+    """The lock that guards `path`: a file in the hidden `.locks/` folder beside it. The OS
+    releases it when its holder dies, so a killed job never blocks a later one.
+
+    The lock files stay: deleting one on release is not safe with flock (a waiter that opened
+    the old file would lock a deleted inode while a newcomer locks a fresh file of the same
+    name: two holders; filelock keeps Unix lock files for this reason, tox-dev/filelock#574),
+    so they live in one folder out of the entries' way instead of one beside each entry."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(path.with_name(f".{path.name}.lock"))
+    locks = path.parent / LOCKS
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(locks / f"{path.name}.lock")
 
 
 def _sha256(path: Path) -> str:

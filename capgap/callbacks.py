@@ -1,5 +1,5 @@
-"""Callbacks that connect a run to the law: one row per finished run in the store, and the
-fit of the law when a multirun ends."""
+"""The Lightning callback that connects a run to the law: one row per finished run in the
+store. The fit of the law when a multirun ends is Hydra's callback, in capgap.hydra_callbacks."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from capgap import distributed
-from capgap.errors import CapgapError
 from capgap.terminal import announce
 
 
@@ -87,29 +85,3 @@ class StoreCallback(Callback):
         self.store.record({**self.row, "status": "failed", "error": error[:2000],
                            "wall_time_s": time.perf_counter() - self.t0})
         self.written = True
-
-
-class FitLawOnMultirunEnd(HydraCallback):
-    """After a sweep, fit T* = a*S + b over the rows of the sweep's own study and draw the
-    plots in the sweep dir. A sweep that cannot be fitted yet (one teacher, one student size,
-    configs that cannot be pooled) says why in one line."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        from capgap.law import store as law_store
-        from capgap.law.plots import save_plots
-        from capgap.law.studies import DEFAULT
-        from capgap.law.study_fit import study_law
-
-        if not distributed.is_rank_zero():  # each node runs the sweep: node 0 fits
-            return
-        study = config.get("study") or DEFAULT
-        out = Path(config.hydra.sweep.dir)
-        try:
-            # no --group-by here: one curve, or the line that names what differs
-            result = study_law(law_store.from_config(config.store), study)
-        except CapgapError as e:
-            print(f"[capgap] no law fitted: {e}")
-            return
-        print(result.table())
-        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
-            print(f"[capgap] wrote {path}")

@@ -19,6 +19,7 @@ import itertools
 
 from capgap.confdir import conf_dir
 from capgap.errors import CapgapError
+from capgap.models import teacher_name
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -78,7 +79,7 @@ def point_cost(cfg) -> dict:
     p = cfg.prune
     scored = p.n_batches * p.batch_size * p.block_size if (
         cfg.student.init == "pruned" and p.method == "expressiveness") else 0
-    return {"teacher": cfg.teacher.name, "T": t, "S": s, "tokens": tokens, "per_step": per_step,
+    return {"teacher": teacher_name(cfg.teacher), "T": t, "S": s, "tokens": tokens, "per_step": per_step,
             "accumulation": int(cfg.trainer.get("accumulate_grad_batches") or 1),
             "devices": training.world_size(cfg.trainer), "skipped": s >= t,
             "distill_flops": (6 * s + 2 * t) * tokens, "scoring_flops": 4 * t * scored}

@@ -145,7 +145,7 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
 
 
 def check(work: Path, cache: Path, outcome: dict) -> dict:
-    from capgap.atomic import entry_problem, is_temp
+    from capgap.atomic import LOCKS, entry_problem, is_temp
     from capgap.law.fit import fit, points_from_rows
     from capgap.law.store import Store
 
@@ -170,7 +170,8 @@ def check(work: Path, cache: Path, outcome: dict) -> dict:
                                              for k in need)
 
     temps = [p for folder in (cache, work) for p in folder.rglob("*") if is_temp(p.name)]
-    entries = [p for pattern in CACHE_ENTRIES for p in cache.glob(pattern) if p.is_dir()]
+    entries = [p for pattern in CACHE_ENTRIES for p in cache.glob(pattern)
+               if p.is_dir() and p.name != LOCKS]  # .locks/ holds the entries' lock files
     corrupt = [p for p in entries if entry_problem(p) is not None]
     law = fit(points_from_rows(done, "soak store"), n_boot=200)
     return {"rows": rows, "done": done, "per_point": per_point, "partial": sum(map(partial, rows)),

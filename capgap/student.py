@@ -18,6 +18,7 @@ from capgap.data.datamodule import CorpusDataModule
 from capgap.data.token_cache import cache_key
 from capgap.errors import CapgapError
 from capgap.law.sizes import parse_size
+from capgap.models import teacher_name
 from capgap.models.params import count_params
 from capgap.prune.planner import make_plan
 from capgap.prune.pruner_module import PrunerModule
@@ -37,7 +38,7 @@ def target_size(cfg, teacher) -> int | None:
     teacher_size = count_params(teacher)["total"]
     if size >= teacher_size:
         raise CapgapError(f"student.size={cfg.student.size} is not below the teacher's "
-                          f"{teacher_size:,} parameters (teacher={cfg.teacher.name})")
+                          f"{teacher_size:,} parameters (teacher={teacher_name(cfg.teacher)})")
     return size
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from capgap.distributed import is_rank_zero
@@ -48,6 +49,19 @@ def report(message: str) -> None:
 
 def title() -> str:
     return _title
+
+
+@contextmanager
+def keep_title():
+    """For a stage that may run inside another's fit (tokenizing in a datamodule's setup,
+    after "pretraining" was announced): whatever it announces, the outer stage's bar keeps
+    the outer stage's title."""
+    global _title
+    outer = _title
+    try:
+        yield
+    finally:
+        _title = outer
 
 
 def is_benign(message, category, filename: str) -> bool:

@@ -46,8 +46,10 @@ def test_four_concurrent_builders_build_once(tmp_path):
     assert sorted(o[-1] for o in outs) == ["built", "reused", "reused", "reused"]
     assert log.read_text() == "built\n"
     assert entry_problem(entry) is None and (entry / "b.txt").read_text() == "done"
-    # nothing but the entry is left beside it, and its (empty) lock file: no temp folder
-    assert sorted(p.name for p in entry.parent.iterdir()) == [".entry.lock", "entry"]
+    # nothing but the entry is left beside it, and the folder of lock files: no temp folder,
+    # no lock file beside the entry
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".locks", "entry"]
+    assert [p.name for p in (entry.parent / ".locks").iterdir()] == ["entry.lock"]
 
 
 def test_killed_builder_leaves_no_entry_and_no_debris(tmp_path):
@@ -172,7 +174,7 @@ def test_a_failed_build_publishes_nothing(tmp_path):
 
     with pytest.raises(ValueError):
         build_once(entry, build)
-    assert not entry.exists() and [p.name for p in tmp_path.iterdir()] == [".entry.lock"]
+    assert not entry.exists() and [p.name for p in tmp_path.iterdir()] == [".locks"]
 
 
 def test_sweep_removes_only_temps_of_dead_processes(tmp_path):

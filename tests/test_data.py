@@ -107,8 +107,8 @@ def test_empty_corpus_is_one_clear_error(tmp_path, tokenizer):
     empty.write_text("   \n")
     with pytest.raises(CapgapError, match="empty corpus"):
         token_cache.build(tokenizer, local_cfg(empty), tmp_path / "cache")
-    # no entry and no temp folder: only the entry's (empty) lock file
-    assert [p.name for p in (tmp_path / "cache" / "tokens").iterdir() if not p.name.endswith(".lock")] == []
+    # no entry and no temp folder: only the folder of lock files
+    assert [p.name for p in (tmp_path / "cache" / "tokens").iterdir()] == [".locks"]
 
 
 def test_block_longer_than_corpus_is_one_clear_error(tmp_path, tokenizer):
@@ -141,3 +141,21 @@ def test_embedded_corpus_is_real_english():
     docs = list(embedded_documents())
     assert len(docs) == 1189
     assert docs[0].startswith("In the beginning God created the heaven and the earth.")
+
+
+def test_tokenizing_inside_a_stage_gives_the_bar_back_its_title(tmp_path, tokenizer, caplog):
+    """The datamodule tokenizes inside pretraining's fit: "[capgap] tokenizing" is said, and
+    the fit's bar (StageBar takes terminal.title()) still reads "pretraining", not "tokenizing"."""
+    from capgap import terminal
+    from capgap.progress import StageBar
+
+    terminal.announce("pretraining", "micro_s")
+    with caplog.at_level("INFO"):
+        _, built = token_cache.build(tokenizer, local_cfg(make_corpus(tmp_path)), tmp_path / "cache")
+    assert built and any("[capgap] tokenizing" in r.getMessage() for r in caplog.records)
+    assert StageBar().train_description == "pretraining"
+    with pytest.raises(CapgapError):  # a failed tokenization gives it back too
+        empty = tmp_path / "empty.txt"
+        empty.write_text(" \n")
+        token_cache.build(tokenizer, local_cfg(empty), tmp_path / "cache")
+    assert terminal.title() == "pretraining"

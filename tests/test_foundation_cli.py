@@ -88,7 +88,7 @@ def test_pretrain_beats_the_unigram_entropy_of_validation(pretrained):
     assert loss == pytest.approx(m["val_loss"], abs=1e-4)
     baseline, n_tokens = validation_unigram_entropy(Path(m["teacher_dir"]))
     # the token cache holds exactly the stream re-tokenized here
-    (tokens,) = [p for p in (pretrained["cache"] / "tokens").iterdir() if not p.name.endswith(".lock")]
+    (tokens,) = [p for p in (pretrained["cache"] / "tokens").iterdir() if p.name != ".locks"]
     meta = json.loads((tokens / "meta.json").read_text())
     assert meta["tokens"]["val"] == n_tokens
     print(f"micro_xs after {m['tokens']:,} tokens: held-out loss {loss:.4f} < unigram entropy {baseline:.4f}")

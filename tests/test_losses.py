@@ -109,6 +109,17 @@ def test_kd_weight_and_all_ignored():
     assert empty.loss == 0 and not empty.loss.isnan()
 
 
+@pytest.mark.parametrize("beta, kl", [(0, "forward_kl"), (0.0, "forward_kl"), (1, "reverse_kl"), (1.0, "reverse_kl")])
+def test_jsd_at_either_end_is_refused_pointing_at_the_kl_trl_means(beta, kl):
+    # at beta 0 or 1 the mixture equals one side and the other term weighs 0: zero loss, no gradient
+    with pytest.raises(CapgapError, match=f"beta={beta} makes jsd a zero loss.*distill.loss.name={kl}"):
+        get_kd_loss("jsd", beta=beta)
+    s = torch.randn(4, 7, requires_grad=True)
+    out = get_kd_loss("jsd", alpha=0.0, beta=0.01)(s, torch.randn(4, 7), torch.zeros(4, dtype=torch.long))
+    out.loss.backward()
+    assert out.kd > 0 and s.grad.abs().sum() > 0  # just inside the ends it still teaches
+
+
 def test_bad_names_and_values_are_one_line():
     with pytest.raises(CapgapError, match="unknown; choose one of soft_ce"):
         get_kd_loss("kl")

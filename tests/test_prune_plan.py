@@ -62,6 +62,41 @@ def test_uniform_lands_on_target_sparsity_micro(name):
         assert abs(layer_sparsity(teacher, plan) - p) <= 0.01 * p, (name, p)
 
 
+ROUND_SIZES = ("100K", "200K", "250K", "600K", "1M")
+
+
+# the two smallest (the reported case) by default; the rest plan for 10-30 s each on a busy CPU
+@pytest.mark.parametrize("name", [n if n in ("micro_xs", "micro_s") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in MICRO_ZOO])
+def test_round_sizes_of_the_micro_family_plan_at_defaults(name, caplog):
+    """`teacher=micro_xs student.size=200K` at prune.multiple=8 fell between hidden 16 and 24
+    (one step of 8 moves the embeddings and head by 65K) and stopped: the planner now steps
+    down to a finer multiple and says so in one line."""
+    from capgap.law.sizes import parse_size
+    teacher = meta_teacher(name)
+    total = count_params(teacher)["total"]
+    for size in [parse_size(s) for s in ROUND_SIZES if parse_size(s) < total]:
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            plan = make_plan(teacher, random_scores(teacher), size=size)
+        got = count_params(slice_model(teacher, plan))["total"]
+        assert abs(got - size) <= 0.01 * size, (name, size, got)
+        finer = [r.getMessage() for r in caplog.records if "planned at prune.multiple=" in r.getMessage()]
+        if len(plan.hidden) % 8 or any(len(n) % 8 for n in plan.neurons):
+            assert len(finer) == 1, (name, size)  # a finer multiple is never silent
+        else:
+            assert not finer, (name, size)  # where 8 lands, 8 is kept
+        if (name, size) == ("micro_xs", 200_000):
+            assert finer  # the reported case
+
+
+def test_a_size_no_multiple_reaches_is_one_line(tiny_model):
+    # below the embeddings of a 1-wide student no multiple helps: say so, not "try a smaller one"
+    with pytest.raises(CapgapError, match=r"^student\.size=100 cannot be reached within 1% even at "
+                                          r"prune\.multiple=1 \(nearest \d+ or -?\d+\); choose another size$"):
+        make_plan(tiny_model, random_scores(tiny_model), size=100)
+
+
 def test_sliced_count_equals_slicing(tiny_model):
     scores = random_scores(tiny_model)
     scores.neurons[1] *= 0.1
@@ -121,9 +156,26 @@ def test_heads_floor_and_cap(tiny_model):
 
 def test_block_influence_drops_least_influential(tiny_model):
     influence = torch.tensor([0.9, 0.1])
-    plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.3, layer_drop="block_influence",
+    # the dropped layer is half of p: a sparsity below it cannot be met (test_dropping_more_than...)
+    plan = make_plan(tiny_model, random_scores(tiny_model), sparsity=0.6, layer_drop="block_influence",
                      drop_layers=1, influence=influence)
     assert plan.layers == [0]
+    with pytest.raises(CapgapError, match="drop fewer layers$"):
+        make_plan(tiny_model, random_scores(tiny_model), sparsity=0.3, layer_drop="block_influence",
+                  drop_layers=1, influence=influence)
+
+
+@pytest.mark.parametrize("name", ["micro_l", "micro_xl"])
+def test_shortgpt_lands_on_its_target_sparsity(name):
+    """prune=shortgpt (global ranking, layers dropped by block influence): the dropped layer
+    is part of p, so the widths are solved for the rest, not cut by p′ on top of it."""
+    teacher = meta_teacher(name)
+    influence = torch.tensor([0.9, 0.2, 0.5, 0.8])
+    for p in (0.4, 0.6):
+        plan = make_plan(teacher, random_scores(teacher), sparsity=p, layer_drop="block_influence",
+                         drop_layers=1, influence=influence, multiple=1)
+        assert plan.layers == [0, 2, 3]
+        assert abs(layer_sparsity(teacher, plan) - p) <= 0.01 * p, (name, p, layer_sparsity(teacher, plan))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from law_data import law_rows, with_config
 from tiny_checkpoint import make_checkpoint, write_corpus
 
-from capgap.callbacks import FitLawOnMultirunEnd
+from capgap.hydra_callbacks import FitLawOnMultirunEnd
 from capgap.errors import CapgapError
 from capgap.law.store import Store
 from capgap.tasks import run_task
@@ -98,3 +98,38 @@ def test_tasks_that_never_touch_the_store_ignore_its_setting(task, tiny, tmp_pat
     metrics = run_task(config(tmp_path, "store=postgres", f"task={task}", *args))
     assert metrics["val_loss"] > 0
     assert "store" in (tmp_path / "run" / "config_resolved.yaml").read_text()
+
+
+def test_rows_and_messages_name_the_teacher_path_not_the_preset_it_replaced(tmp_path, caplog):
+    """`teacher.path=DIR` replaces the model of `teacher=` (micro_xs by default here): rows,
+    lines and run folders name DIR's folder, never the preset (they said "micro_xs")."""
+    import sys
+    sys.path.insert(0, str(CONF.parent))
+    import run  # run folders: the same name, from the same helper
+    from capgap.models import teacher_name
+
+    assert teacher_name({"name": "micro_s", "path": "/data/ckpts/my-teacher/"}) == "my-teacher"
+    assert teacher_name({"name": "micro_s", "path": None}) == "micro_s"
+    assert run.run_name("micro_s", "/data/ckpts/my-teacher", "1M") == "my-teacher_1M"
+
+    folder = make_checkpoint(tmp_path / "my-teacher")
+    store = f"store.url={tmp_path / 's.sqlite'}"
+    with caplog.at_level("INFO"):
+        out = run_task(config(tmp_path, store, "teacher=micro_xs", f"teacher.path={folder}", "student.size=1M"))
+    assert out["status"] == "skipped" and "teacher=my-teacher" in out["reason"]
+    (row,) = Store(str(tmp_path / "s.sqlite")).results(None)
+    assert row["teacher"] == "my-teacher"
+    lines = "\n".join(r.getMessage() for r in caplog.records)
+    assert "teacher=my-teacher" in lines and "micro_xs" not in lines
+
+
+def test_the_multirun_callback_imports_nothing_heavy():
+    """Hydra builds its callbacks before the first job of every run and multirun: importing
+    Lightning there cost each `run.py -m` about 17 s. The module must stay light."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import capgap.hydra_callbacks, sys; "
+                          "print(sorted(m for m in ('lightning', 'torch') if m in sys.modules))"],
+                         capture_output=True, text=True, check=True, cwd=CONF.parent).stdout
+    assert out.strip() == "[]"

@@ -34,4 +34,4 @@ def test_without_the_wheel_nothing_is_published(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CapgapError, match="needs the wheel"):
         zoo.smollm2_folder(CFG, tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache" / "teachers").iterdir()] == [".smollm2_135m.lock"]
+    assert [p.name for p in (tmp_path / "cache" / "teachers").iterdir()] == [".locks"]

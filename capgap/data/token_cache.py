@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from capgap.atomic import build_once
 from capgap.data import sources
 from capgap.errors import CapgapError
-from capgap.terminal import announce
+from capgap.terminal import announce, keep_title
 
 BATCH_DOCS = 256
 
@@ -44,7 +44,8 @@ def build(tokenizer, data_cfg, cache_dir: str | Path) -> tuple[Path, bool]:
     if tokenizer.eos_token_id is None:
         raise CapgapError("the tokenizer has no EOS token; documents cannot be separated")
     out = Path(cache_dir) / "tokens" / cache_key(tokenizer, data_cfg)
-    return out, build_once(out, lambda tmp: _tokenize(tokenizer, data_cfg, tmp))
+    with keep_title():  # called from inside a fit: its bar is still pretraining's, distilling's...
+        return out, build_once(out, lambda tmp: _tokenize(tokenizer, data_cfg, tmp))
 
 
 def _tokenize(tokenizer, data_cfg, tmp: Path) -> None:

@@ -45,6 +45,12 @@ def reverse_kl(s_logp, t_logp):
 def jsd(s_logp, t_logp, beta=0.5):
     """β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m) with m = β·p_t + (1 − β)·p_s (β = 0.5: the usual JSD)."""
     _check_unit("beta", beta)
+    if beta in (0, 1):
+        # m is then one of the two distributions and the other term is weighted 0: a loss of
+        # exactly zero with no gradient. TRL's GKD reads these ends as the two KLs instead
+        kl = {0: "forward_kl (distill=fkl)", 1: "reverse_kl (distill=rkl)"}[beta]
+        raise CapgapError(f"distill.loss.beta={beta} makes jsd a zero loss with no gradient; "
+                          f"for what TRL means by beta={beta} use distill.loss.name={kl}")
     # logaddexp keeps log m finite where both probabilities underflow
     log_m = torch.logaddexp(t_logp + _log(beta), s_logp + _log(1 - beta))
     kl_t = (t_logp.exp() * (t_logp - log_m)).sum(-1)

@@ -3,9 +3,10 @@
 Targets: a sparsity p over the layers (non-embedding parameters), or an exact student size
 (total parameters). A globally ranked plan splits p as p' = 1 − √(1 − p) per component, the
 paper's rule (the hidden cut and the head/neuron cut multiply). A uniform plan must round
-to whole heads (GPT-2/NeoX: hidden in whole heads too) and may drop layers (MiniMA), which
-moves its count by several percent, so its widths are solved against the sliced count
-instead; so are size targets, which must land within 1%.
+to whole heads (GPT-2/NeoX: hidden in whole heads too), which moves its count by several
+percent, and a plan that drops layers (MiniMA, ShortGPT) has removed part of p before any
+width is cut, so their widths are solved against the sliced count instead; so are size
+targets, which must land within 1% (at a finer multiple when prune.multiple cannot).
 """
 
 import copy
@@ -18,6 +19,7 @@ from capgap.models.adapters import adapter_for
 from capgap.models.params import count_params
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import skeleton, slice_model
+from capgap.terminal import report
 
 RANKINGS = ("global", "uniform")
 LAYER_DROPS = ("off", "minima", "block_influence")
@@ -141,22 +143,36 @@ def make_plan(model, scores, *, sparsity=None, size=None, ranking="global", mult
         raise CapgapError(f"student.size={size} is not below the teacher's {counts['total']} parameters")
 
     adapter = adapter_for(model)
-    o = dict(ranking=ranking, multiple=multiple, min_heads=min_heads, max_head_sparsity=max_head_sparsity,
-             min_neurons=multiple if min_neurons is None else min_neurons)
     layers = _kept_layers(len(adapter.layers()), layer_drop, drop_layers, influence)
 
-    def widths(p_hidden, p_heads, p_neurons):
-        return _check_heads(_widths(adapter, scores, layers, p_hidden, p_heads, p_neurons, o), layer_drop)
+    def widths_at(m):
+        o = dict(ranking=ranking, multiple=m, min_heads=min_heads, max_head_sparsity=max_head_sparsity,
+                 min_neurons=m if min_neurons is None else min_neurons)
+        return lambda p_hidden, p_heads, p_neurons: _check_heads(
+            _widths(adapter, scores, layers, p_hidden, p_heads, p_neurons, o), layer_drop)
+    widths = widths_at(multiple)
 
     if size is not None:
-        best, miss = _solve(model, widths, size, "total", len(layers) * adapter.n_groups, 0.01 * size)
+        # on a small teacher one step of `multiple` hidden dims moves the embeddings and head by
+        # 2·multiple·vocab, so a round size can fall between two steps (micro_xs: 200K sits
+        # between hidden 16 and 24): finer multiples before giving up, said in one line
+        counter = SlicedCount(model.config, "total")  # its slices serve every multiple
+        for m in [d for d in range(multiple, 0, -1) if multiple % d == 0]:
+            best, miss = _solve(model, widths_at(m), size, "total", len(layers) * adapter.n_groups, 0.01 * size,
+                                counter)
+            if miss <= 0.01 * size:
+                break
         if miss > 0.01 * size:
-            raise CapgapError(f"student.size={size} cannot be reached within 1% (nearest "
-                              f"{size + miss:.0f} or {size - miss:.0f}); try a smaller prune.multiple")
-    elif ranking == "global":
+            raise CapgapError(f"student.size={size} cannot be reached within 1% even at prune.multiple=1 "
+                              f"(nearest {size + miss:.0f} or {size - miss:.0f}); choose another size")
+        if m != multiple:
+            report(f"student.size={size:,} falls between two widths at prune.multiple={multiple}; "
+                   f"planned at prune.multiple={m}")
+    elif ranking == "global" and layer_drop == "off":
         p = 1 - math.sqrt(1 - sparsity)
         best = widths(p, p, p)
-    else:  # the nearest the rounding allows: within 1% of p on every zoo teacher (tests/test_prune_plan.py)
+    else:  # the nearest the rounding allows: within 1% of p on every zoo teacher (tests/test_prune_plan.py);
+        # dropped layers (ShortGPT, MiniMA) already removed their share, so p′ alone would overshoot
         n = counts["non_embedding"]
         best = _solve(model, widths, round((1 - sparsity) * n), "non_embedding", len(layers) * adapter.n_groups,
                       0.01 * sparsity * n)[0]
@@ -192,12 +208,13 @@ class SlicedCount:
         return parts[0][0] + sum(layer for _, layer in parts)
 
 
-def _solve(model, widths, target: int, measure: str, n_groups: int, tolerance: float) -> tuple[dict, int]:
+def _solve(model, widths, target: int, measure: str, n_groups: int, tolerance: float,
+           sliced_count: SlicedCount | None = None) -> tuple[dict, int]:
     """The split whose sliced count (count_params[measure]) is nearest `target`, and how far it
     misses (the search stops early once within `tolerance`): first one p' for every cut, then, with hidden and heads held, the neuron sparsity
     alone (its steps are the finest, while a hidden dim or a head moves the count by too much
     to land within 1% on small models), then the neighbouring hidden widths."""
-    sliced_count = SlicedCount(model.config, measure)
+    sliced_count = sliced_count or SlicedCount(model.config, measure)
     best = [math.inf, None]
 
     def count(*p):

@@ -18,6 +18,7 @@ from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
 from capgap.budget import token_budget
 from capgap.law.sizes import parse_size
+from capgap.models import teacher_name
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
 from capgap.prune.plan import Plan
@@ -96,7 +97,7 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     tokens = token_budget(d, info["student_params"])
     per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
     steps = training.steps_for(tokens, dm.tokens_per_batch, cfg.trainer)
-    announce("distilling", f"{info['student_params']:,}-parameter student from {cfg.teacher.name} "
+    announce("distilling", f"{info['student_params']:,}-parameter student from {teacher_name(cfg.teacher)} "
                            f"({d.loss.name}, alpha {d.loss.alpha}) on {steps * per_step:,} tokens; "
                            f"resumable checkpoints in {ckpt_dir}{' (resuming)' if resumed else ''}")
     module = from_config(student, source, d, steps, log_every=log_every)
@@ -117,7 +118,7 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     last = ft_trainer if ft_tokens else trainer
     # eval=harness: benchmarks of the final student, before it is saved, so its card has them
     figs = benchmarks(cfg, module.model, tokenizer, last.logger, int(last.global_step))
-    metrics = {"teacher": cfg.teacher.name, "student_init": cfg.student.init, **info, **transfer,
+    metrics = {"teacher": teacher_name(cfg.teacher), "student_init": cfg.student.init, **info, **transfer,
                "loss": d.loss.name, "alpha": float(d.loss.alpha),
                "steps": int(trainer.global_step), "tokens": int(trainer.global_step) * per_step,
                "tokens_planned": tokens, "tokens_per_step": per_step,
@@ -138,7 +139,7 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
                      state_dict=whole)
         if not d.get("keep_checkpoint"):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        report(f"distilled {info['student_params']:,}-parameter student from {cfg.teacher.name} "
+        report(f"distilled {info['student_params']:,}-parameter student from {teacher_name(cfg.teacher)} "
                f"({d.loss.name}, alpha {d.loss.alpha}) on {metrics['tokens']:,} tokens"
                f"{' (resumed)' if resumed else ''}: held-out loss {metrics['val_loss']:.4f} "
                f"(teacher {metrics['teacher_val_loss']:.4f}){harness.summary(figs)}; saved {folder}")

@@ -10,6 +10,7 @@ from capgap.data.datamodule import CorpusDataModule
 from capgap.distributed import is_rank_zero
 from capgap.errors import CapgapError
 from capgap.eval import harness
+from capgap.models import teacher_name
 from capgap.models.params import count_params
 from capgap.models.zoo import load_local_tokenizer, load_tokenizer
 from capgap.pretraining import load_teacher
@@ -74,15 +75,15 @@ def run(cfg, run_dir) -> dict:
     check_benchmarks(cfg)
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
     model, tokenizer = load_evaluated(cfg)
-    announce("evaluating", f"{cfg.teacher.name} on the held-out split")
+    announce("evaluating", f"{teacher_name(cfg.teacher)} on the held-out split")
     res = evaluate(model, dm, cfg.trainer)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") and is_rank_zero() else None
     figs = benchmarks(cfg, model, tokenizer, logger)
     if logger is not None:
         logger.finalize("success")
     n = count_params(model)
-    metrics = {"teacher": cfg.teacher.name, "params": n["total"], "non_embedding": n["non_embedding"],
+    metrics = {"teacher": teacher_name(cfg.teacher), "params": n["total"], "non_embedding": n["non_embedding"],
                **res, **figs, "wall_time_s": time.perf_counter() - start, "objective": res["val_loss"]}
-    report(f"{cfg.teacher.name} ({n['total']:,} parameters): held-out loss "
+    report(f"{teacher_name(cfg.teacher)} ({n['total']:,} parameters): held-out loss "
           f"{metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}{harness.summary(figs)}")
     return metrics

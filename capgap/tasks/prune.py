@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 
 from capgap import distributed
 from capgap.errors import CapgapError
+from capgap.models import teacher_name
 from capgap.models.zoo import load_tokenizer
 from capgap.pretraining import load_teacher
 from capgap.atomic import atomic_dir
@@ -72,13 +73,13 @@ def run(cfg, run_dir) -> dict:
                             "prune/val_loss/teacher": teacher_eval["val_loss"],
                             "prune/val_loss/student": student_eval["val_loss"]}, step=0)
         logger.finalize("success")
-    metrics = {"teacher": cfg.teacher.name, **info, "method": cfg.prune.method,
+    metrics = {"teacher": teacher_name(cfg.teacher), **info, "method": cfg.prune.method,
                "teacher_val_loss": teacher_eval["val_loss"], "val_loss": student_eval["val_loss"],
                "val_ppl": student_eval["val_ppl"], "student_dir": str(run_dir / "student"),
                "wall_time_s": time.perf_counter() - start, "objective": student_eval["val_loss"]}
     folder = save_student(student, plan, tokenizer, run_dir / "student", student_card(cfg, student, plan, metrics))
     report(table)
-    report(f"{cfg.teacher.name} -> {info['student_params']:,} parameters "
+    report(f"{teacher_name(cfg.teacher)} -> {info['student_params']:,} parameters "
           f"(sparsity {info['sparsity']:.1%}, {cfg.prune.method}): held-out loss "
           f"{teacher_eval['val_loss']:.4f} -> {student_eval['val_loss']:.4f} before distillation; "
           f"saved {folder}")

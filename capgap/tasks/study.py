@@ -18,6 +18,7 @@ from capgap.eval import harness
 from capgap.law import store as law_store
 from capgap.law.sizes import parse_size
 from capgap.law.studies import DEFAULT, check_name
+from capgap.models import teacher_name
 from capgap.run_id import config_hash
 from capgap.tasks import distill
 from capgap.tasks.evaluate import check_benchmarks
@@ -26,7 +27,7 @@ from capgap.terminal import report
 
 def flat_hparams(cfg) -> dict:
     """The knobs a sweep varies, flattened for TensorBoard's HParams view."""
-    out = {"teacher": cfg.teacher.name, "student.size": str(cfg.student.get("size")),
+    out = {"teacher": teacher_name(cfg.teacher), "student.size": str(cfg.student.get("size")),
            "student.init": cfg.student.init, "seed": cfg.seed}
     for group in ("prune", "distill"):
         for k, v in OmegaConf.to_container(cfg[group], resolve=True).items():
@@ -56,7 +57,7 @@ def run(cfg, run_dir) -> dict:
     check_benchmarks(cfg)
     store = law_store.from_config(cfg.store)
     h = config_hash(cfg)
-    point = f"study={study} teacher={cfg.teacher.name} student.size={cfg.student.get('size')}"
+    point = f"study={study} teacher={teacher_name(cfg.teacher)} student.size={cfg.student.get('size')}"
     if not cfg.store.force and store.has_done(h, study):
         row = next(r for r in store.results("done", study) if r["config_hash"] == h)
         report(f"{point}: already in store {store.name} (held-out loss {row['metric']:.4f}); "
@@ -64,17 +65,17 @@ def run(cfg, run_dir) -> dict:
         return {"status": "cached", "config_hash": h, "val_loss": row["metric"], "objective": row["metric"]}
     size = cfg.student.get("size")
     if target is not None and target >= cfg.teacher.params:
-        reason = (f"student.size={size} is not below teacher={cfg.teacher.name} "
+        reason = (f"student.size={size} is not below teacher={teacher_name(cfg.teacher)} "
                   f"({cfg.teacher.params:,} parameters)")
         store.record({"study": study, "config_hash": h, "status": "skipped", "error": reason,
-                      "teacher": cfg.teacher.name, "teacher_params": cfg.teacher.params, "seed": cfg.seed})
+                      "teacher": teacher_name(cfg.teacher), "teacher_params": cfg.teacher.params, "seed": cfg.seed})
         report(f"{point}: skipped: {reason}")
         return {"status": "skipped", "reason": reason, "config_hash": h, "objective": None}
 
     made = []  # the store callback, so the benchmarks measured after training reach its row
 
     def store_callback(info, tokens_per_step):
-        row = {"study": study, "config_hash": h, "teacher": cfg.teacher.name, "teacher_params": info["teacher_params"],
+        row = {"study": study, "config_hash": h, "teacher": teacher_name(cfg.teacher), "teacher_params": info["teacher_params"],
                "teacher_non_embedding": info["teacher_non_embedding"],
                "student_params": info["student_params"], "student_non_embedding": info["student_non_embedding"],
                "sparsity": info["sparsity"], "seed": cfg.seed,
