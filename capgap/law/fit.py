@@ -269,8 +269,9 @@ def _misfit_line(sizes, j, n_boot: int) -> str | None:
         wide = np.subtract(*np.quantile(j.samples[:, 0], [0.975, 0.025]))
         narrow = np.subtract(*np.quantile(j.noise_samples[:, 0], [0.975, 0.025]))
         if narrow > 0:
-            line += (f": the 95% interval of a resamples whole students to carry it, "
-                     f"{wide / narrow:.1f}× as wide as seed noise alone would make it")
+            line += (f"; the bootstrap resamples the fit's residuals, misfit included (and whole "
+                     f"students, with 3 or more), so the 95% interval of a is {wide / narrow:.1f}× "
+                     f"as wide as seed noise alone would make it")
     return line
 
 
