@@ -70,6 +70,7 @@ class Fit:
     shape: str = "parabola"  # joint: the curve model used (capgap.law.joint.SHAPES)
     shape_params: tuple = ()  # joint: its shared parameters (η, δ for skew+cubic)
     misfit: str | None = None  # joint: one line when the curves fit worse than the seeds allow
+    shapes_tried: tuple = ()  # joint: the curve models the points allowed (AICc picked `shape`)
 
     def predict(self, student: float, level: float = 0.95) -> tuple[float, float, float]:
         """T* for a student size, with a bootstrap interval on the fitted line."""
@@ -153,7 +154,7 @@ class Fit:
                          + (f" {format_size(two.sizes[i].optimum):>11}" if two else "") + f"  {note}")
         lines += ["", f"{self.method}: {self.line()}   ({len(self.sizes)} student sizes)"]
         if self.method == "joint":
-            lines.append(f"curve model: {describe_shape(self.shape, self.shape_params)}")
+            lines.append(f"curve model: {describe_shape(self.shape, self.shape_params, self.shapes_tried)}")
         if self.misfit:
             lines.append(f"warning: {self.misfit}")
         if two:
@@ -247,13 +248,16 @@ def fit_two_step(points: Points, higher_is_better: bool = False, n_boot: int = 1
     return Fit(sizes, points.metric, higher_is_better, a, b, r2, samples, notes, method="two-step")
 
 
-def describe_shape(shape: str, params: tuple) -> str:
+def describe_shape(shape: str, params: tuple, tried: tuple = ()) -> str:
+    others = [t for t in tried if t != shape]
+    how = (f"chosen by AICc over {', '.join(others)}" if others else
+           "the only curve model these points allow" if len(tried) == 1 else "as asked")
     if shape == "parabola":
-        return "parabola in log T (chosen by AICc over skew+cubic, or the only one the points allow)"
+        return f"parabola in log T ({how})"
     eta, delta = params
     side = "large-teacher" if eta > 0 else "small-teacher"
     return (f"skew+cubic in log T, shared by the students: the {side} side {np.exp(abs(eta)):.2f}× "
-            f"as steep, cubic δ {delta:+.3f} (chosen by AICc over the parabola)")
+            f"as steep, cubic δ {delta:+.3f} ({how})")
 
 
 def _misfit_line(sizes, j, n_boot: int) -> str | None:
@@ -270,7 +274,7 @@ def _misfit_line(sizes, j, n_boot: int) -> str | None:
         narrow = np.subtract(*np.quantile(j.noise_samples[:, 0], [0.975, 0.025]))
         if narrow > 0:
             line += (f"; the bootstrap resamples the fit's residuals, misfit included (and whole "
-                     f"students, with 3 or more), so the 95% interval of a is {wide / narrow:.1f}× "
+                     f"students, with 4 or more sizes), so the 95% interval of a is {wide / narrow:.1f}× "
                      f"as wide as seed noise alone would make it")
     return line
 
@@ -305,4 +309,5 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
         notes.append("the fitted line gives no positive teacher for some student")
     return Fit(sizes, points.metric, higher_is_better, float(j.a), float(j.b), j.r2, j.samples,
                notes + two.notes, method="joint", chi2=j.chi2, two_step=two, shape=j.shape,
-               shape_params=j.shape_params, misfit=_misfit_line(sizes, j, n_boot))
+               shape_params=j.shape_params, misfit=_misfit_line(sizes, j, n_boot),
+               shapes_tried=j.shapes_tried)

@@ -87,6 +87,7 @@ class JointResult:
     samples: np.ndarray  # bootstrap (a, b)
     optima: np.ndarray  # bootstrap T*(S) per student: (n_boot, students)
     noise_samples: np.ndarray | None = None  # (a, b) from seed noise alone, when misfit is large
+    shapes_tried: tuple = ()  # the curve models the points allowed, of which `shape` won
 
 
 def q(x: np.ndarray, shape_params) -> np.ndarray:
@@ -239,7 +240,7 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
         samples = np.array([[a, b]])
     optima = samples[:, :1] * cells.student[None] + samples[:, 1:2]
     return JointResult(a, b, floor, curv, shape, shape_params, r2, chi2, chi2_student,
-                       samples, optima, noise_samples)
+                       samples, optima, noise_samples, tuple(shapes))
 
 
 @dataclass
@@ -286,7 +287,9 @@ class _Bootstrap:
             y = self.fitted + noise
             if kind == "students" and G >= 3:
                 pick = rng.integers(0, G, G)
-                if len(np.unique(pick)) < 3:  # a line through fewer sizes says little
+                # 3 distinct sizes: a resample of fewer leaves the line loose. With 3 sizes that
+                # is every resample (wild signs only); the calibration family has 4-6
+                if len(np.unique(pick)) < 3:
                     continue
                 idx = np.concatenate([members[j] for j in pick])
                 gg = np.repeat(np.arange(G), [len(members[j]) for j in pick])
