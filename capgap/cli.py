@@ -106,14 +106,20 @@ def cmd_fit(args):
     # fit every curve before writing anything, so a curve that cannot be fitted leaves no files
     results = {label: fit(points, higher_is_better=args.higher_is_better, n_boot=args.bootstrap)
                for label, points in curves.items()}
+    for result, out in _per_curve(results, args):
+        print(result.table())
+        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
+            print(f"wrote {path}")
+
+
+def _per_curve(results: dict, args):
+    """(result, its output folder) per curve; a `== label` header where curves are split."""
     for label, result in results.items():
         out = Path(args.out)
         if label:
             print(f"== {label}")
             out = out / label.replace(" ", "_").replace("/", "_")
-        print(result.table())
-        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
-            print(f"wrote {path}")
+        yield result, out
 
 
 HOLDOUTS = ("largest",)
@@ -129,11 +135,7 @@ def _holdout(curves: dict, args):
         raise CapgapError(f"--holdout {args.holdout}: choose one of {', '.join(HOLDOUTS)}")
     checks = {label: holdout_largest(points, args.higher_is_better, args.bootstrap)
               for label, points in curves.items()}
-    for label, check in checks.items():
-        out = Path(args.out)
-        if label:
-            print(f"== {label}")
-            out = out / label.replace(" ", "_").replace("/", "_")
+    for check, out in _per_curve(checks, args):
         print(check.table())
         print(f"wrote {write_json_atomic(out / 'holdout.json', check.to_dict())}")
 
