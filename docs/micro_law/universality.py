@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capgap.errors import CapgapError
 from capgap.law.distillation import fit_distillation
 from capgap.law.fit import fit, points_from_rows
 from capgap.law.points import Points
@@ -55,16 +56,21 @@ def law_table(all_rows: list[dict], n_boot: int) -> str:
     for r in all_rows:
         by.setdefault(setting(r), []).append(r)
     # the grid every setting measured, seed 0 only (the new settings ran one seed)
-    cells = [{(r["teacher"], round(float(r["student_params"]), -5)) for r in rs if r["seed"] == "0"}
+    cells = [{(r["teacher"], round(float(r["student_params"]), -4)) for r in rs if r["seed"] == "0"}
              for rs in by.values()]
     shared = set.intersection(*cells)
     lines = ["| setting | runs | best measured teacher (250K / 600K) | T\\* = a·S + b | a, 95% CI "
              "| T\\*(250K) | T\\*(600K) | curve model, χ²/dof |", "|---|---:|---|---|---|---|---|---|"]
-    intervals = {}
+    intervals, losses = {}, {}
     for name, rs in sorted(by.items()):
         use = [r for r in rs if r["seed"] == "0"
-               and (r["teacher"], round(float(r["student_params"]), -5)) in shared]
-        result = fit(points_from_rows(use, name), n_boot=n_boot)
+               and (r["teacher"], round(float(r["student_params"]), -4)) in shared]
+        losses[name] = {(r["teacher"], round(float(r["student_params"]), -4)): float(r["metric"]) for r in use}
+        try:
+            result = fit(points_from_rows(use, name), n_boot=n_boot)
+        except CapgapError as e:
+            lines.append(f"| {name} | {len(use)} | no law: {e} | | | | | |")
+            continue
         lo, hi = result.interval(result.samples[:, 0])
         intervals[name] = (lo, hi)
         best = " / ".join(format_size(s.best) for s in result.sizes)
@@ -77,9 +83,17 @@ def law_table(all_rows: list[dict], n_boot: int) -> str:
     lines.append("")
     for (n1, (l1, h1)), (n2, (l2, h2)) in itertools.combinations(sorted(intervals.items()), 2):
         lines.append(f"- {n1} vs {n2}: slope intervals {'overlap' if l1 <= h2 and l2 <= h1 else 'do not overlap'}")
-    grid = sorted(shared, key=lambda c: (c[1], c[0]))
-    lines.append(f"- grid shared by every setting (seed 0): "
-                 + ", ".join(f"{t}→{format_size(s)}" for t, s in grid))
+    grid = sorted(shared, key=lambda c: (c[1], float(c[0] != "micro_xs"), c[0]))
+    lines += ["", "Held-out loss per point (seed 0; **bold**: the student's best measured teacher):", "",
+              "| setting | " + " | ".join(f"{t} → {format_size(s)}" for t, s in grid) + " |",
+              "|---|" + "---:|" * len(grid)]
+    for name, cell in losses.items():
+        best = {}
+        for (t, s), v in cell.items():
+            if s not in best or v < cell[(best[s], s)]:
+                best[s] = t
+        lines.append(f"| {name} | " + " | ".join(
+            (f"**{cell[c]:.3f}**" if best[c[1]] == c[0] else f"{cell[c]:.3f}") for c in grid) + " |")
     return "\n".join(lines)
 
 
