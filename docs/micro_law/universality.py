@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,8 @@ def law_table(all_rows: list[dict], n_boot: int) -> str:
     lines.append("")
     for (n1, (l1, h1)), (n2, (l2, h2)) in itertools.combinations(sorted(intervals.items()), 2):
         lines.append(f"- {n1} vs {n2}: slope intervals {'overlap' if l1 <= h2 and l2 <= h1 else 'do not overlap'}")
-    grid = sorted(shared, key=lambda c: (c[1], float(c[0] != "micro_xs"), c[0]))
+    size = {r["teacher"]: float(r["teacher_params"]) for r in all_rows}
+    grid = sorted(shared, key=lambda c: (c[1], size[c[0]]))
     lines += ["", "Held-out loss per point (seed 0; **bold**: the student's best measured teacher):", "",
               "| setting | " + " | ".join(f"{t} → {format_size(s)}" for t, s in grid) + " |",
               "|---|" + "---:|" * len(grid)]
@@ -142,7 +144,8 @@ def main(argv=None):
     all_rows = rows(Path(args.runs)) + rows(Path(args.new))
     blocks = {"universality": law_table(all_rows, args.bootstrap),
               "distillation-scaling": scaling_table(all_rows)}
-    stamp = (f"`python docs/micro_law/universality.py` ({datetime.date.today():%Y-%m-%d}, "
+    cmd = " ".join(["python docs/micro_law/universality.py", *(argv if argv is not None else sys.argv[1:])])
+    stamp = (f"`{cmd}` ({datetime.date.today():%Y-%m-%d}, "
              f"{os.cpu_count()}-core CPU, no GPU):")
     for name, text in blocks.items():
         print(f"== {name}\n{text}\n")
