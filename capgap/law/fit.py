@@ -2,8 +2,10 @@
 
 Two estimators, reported side by side:
 
-- joint (what capgap reports): the surface m(T, S) = L(S) + c(S)·(log T − log T*(S))² fitted
-  to every point at once, weighted by the seed spread (capgap.law.joint);
+- joint (what capgap reports): the surface m(T, S) = L(S) + c(S)·q(log T − log T*(S)) fitted
+  to every point at once, its curve shape q (parabola or skew+cubic) chosen by AICc, weighted
+  by a noise model, with a bootstrap over students (capgap.law.joint; chosen by calibration,
+  docs/calibration.md);
 - two-step (the earlier estimate, kept for comparison): per student size the best measured
   teacher refined by the vertex of a parabola in log T through it and its two neighbours,
   then an unweighted line through those optima. It uses three points per student, lets the
