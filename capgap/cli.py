@@ -94,6 +94,8 @@ def cmd_fit(args):
         from capgap.atomic import write_json_atomic
         from capgap.law.distillation import fit_distillation
 
+        if args.holdout is not None:
+            raise CapgapError("--holdout checks the capacity-gap law; drop --model distillation-scaling")
         points = _one_curve(curves, "--model distillation-scaling")
         dist = fit_distillation(points)  # refuses first, so nothing is written on bad input
         print(dist.table())
@@ -101,17 +103,43 @@ def cmd_fit(args):
         out = write_json_atomic(Path(args.out) / "distillation.json", dist.to_dict())
         print(f"wrote {out}")
         return
+    if args.holdout is not None:
+        return _holdout(curves, args)
     # fit every curve before writing anything, so a curve that cannot be fitted leaves no files
     results = {label: fit(points, higher_is_better=_higher(args, points), n_boot=args.bootstrap)
                for label, points in curves.items()}
+    for result, out in _per_curve(results, args):
+        print(result.table())
+        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
+            print(f"wrote {path}")
+
+
+def _per_curve(results: dict, args):
+    """(result, its output folder) per curve; a `== label` header where curves are split."""
     for label, result in results.items():
         out = Path(args.out)
         if label:
             print(f"== {label}")
             out = out / label.replace(" ", "_").replace("/", "_")
-        print(result.table())
-        for path in [result.to_json(out / "fit.json"), *save_plots(result, out)]:
-            print(f"wrote {path}")
+        yield result, out
+
+
+HOLDOUTS = ("largest",)
+
+
+def _holdout(curves: dict, args):
+    """--holdout largest: per curve, the law fitted without the largest student, its
+    prediction for that student beside the teacher that measured best; holdout.json."""
+    from capgap.atomic import write_json_atomic
+    from capgap.law.holdout import holdout_largest
+
+    if args.holdout not in HOLDOUTS:
+        raise CapgapError(f"--holdout {args.holdout}: choose one of {', '.join(HOLDOUTS)}")
+    checks = {label: holdout_largest(points, args.higher_is_better, args.bootstrap)
+              for label, points in curves.items()}
+    for check, out in _per_curve(checks, args):
+        print(check.table())
+        print(f"wrote {write_json_atomic(out / 'holdout.json', check.to_dict())}")
 
 
 def _higher(args, points) -> bool:
@@ -219,6 +247,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", action="append", metavar="KEY",
                    help="config key (e.g. distill.tokens) whose values get separate fits, in "
                         "OUT/KEY=VALUE/; repeat for several keys")
+    p.add_argument("--holdout", metavar="largest",
+                   help="largest: fit on every student size but the largest and set the law's T* "
+                        "for it (with its 95%% interval) beside its measured best teacher")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="the optimal teacher for a student size, and which to pick")

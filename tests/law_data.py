@@ -74,3 +74,56 @@ def with_config(rows, study="default", **setting):
             config[group][name] = value
         out.append(dict(r, study=study, config=config, config_hash=f"{study}-{r['config_hash']}"))
     return out
+
+
+def misspecified_law(rng, symmetric: bool | None = None):
+    """A planted law whose curves are not the parabola any estimator assumes: returns
+    (a, b, rows, info), info = {"symmetric": …, "edge": …}.
+
+    The optimum lies exactly on T* = a·S + b (slope 1.5–4, intercept ±10M), 4–6 students in
+    20M–500M. Around it each student's loss, in x = log(T/T*), is
+        L(S) + c_l·x² (x < 0) or c_r·x² (x > 0)  +  d·x³
+    with c_r/c_l = skew in 1/3–3 (either side steeper; 1 in the symmetric third of the draws)
+    and a cubic d up to 40% of the quadratic at the grid's far end (0 when symmetric), kept
+    small enough that the curve still rises on both sides over the grid. Skew and cubic are
+    drawn once per study (a family's curves look alike, so their errors add up rather than
+    cancel) and jittered per student (skew by up to ×/÷1.3, cubic by ±0.1 of its range). Seed noise grows
+    with |x|: 0.002–0.005 nats at the optimum, rising by 0.005–0.02 per unit of |x| up to
+    0.03 far from it. 1–3 seeds, 0–15% of
+    the runs missing (failed), and a geometric teacher grid of 10–14 sizes placed so that
+    in a third of the draws the smallest student's optimum lies near the grid's lower edge,
+    in a third the largest student's near its upper edge.
+    """
+    a, b = rng.uniform(1.5, 4.0), rng.uniform(-10e6, 10e6)
+    k = int(rng.integers(4, 7))
+    students = np.exp(np.log(np.geomspace(20e6, 500e6, k)) + rng.uniform(-0.15, 0.15, k))
+    optima = a * students + b
+    symmetric = bool(rng.random() < 1 / 3) if symmetric is None else symmetric
+    edge = ("inner", "low", "high")[int(rng.integers(0, 3))]
+    lo = optima.min() / (rng.uniform(1.0, 1.4) if edge == "low" else rng.uniform(2.0, 4.0))
+    hi = optima.max() * (rng.uniform(1.0, 1.4) if edge == "high" else rng.uniform(2.0, 4.0))
+    teachers = np.geomspace(lo, hi, int(rng.integers(10, 15)))
+    seeds, missing = int(rng.integers(1, 4)), rng.uniform(0.0, 0.15)
+    sigma0, growth = rng.uniform(0.002, 0.005), rng.uniform(0.005, 0.02)
+    log_skew, cubic = (0.0, 0.0) if symmetric else (rng.uniform(np.log(1 / 3), np.log(3)),
+                                                     rng.uniform(-0.3, 0.3))
+    rows = []
+    for s, best in zip(students, optima):
+        c = rng.uniform(0.2, 0.6)
+        skew = 1.0 if symmetric else float(np.exp(np.clip(
+            log_skew + rng.uniform(-0.26, 0.26), np.log(1 / 3), np.log(3))))
+        c_l, c_r = c / np.sqrt(skew), c * np.sqrt(skew)
+        x_all = np.log(teachers[teachers > s] / best)
+        span = max(np.abs(x_all).max(), 0.5)
+        # |d·x| ≤ 0.4·min(c)·|x|/span: the cubic bends the far end by up to 40%, never turns it
+        d = 0.0 if symmetric else np.clip(cubic + rng.uniform(-0.1, 0.1), -0.4, 0.4) * min(c_l, c_r) / span
+        floor = 3 - 0.2 * np.log(s / 1e8)
+        for t, x in zip(teachers[teachers > s], x_all):
+            mean = floor + (c_l if x < 0 else c_r) * x * x + d * x ** 3
+            sd = min(0.03, sigma0 + growth * abs(x))
+            for seed in range(seeds):
+                if rng.random() < missing:
+                    continue
+                rows.append(dict(teacher_params=int(t), student_params=int(s), seed=seed,
+                                 metric_name="val_loss", metric=float(mean + rng.normal(0, sd))))
+    return a, b, rows, {"symmetric": symmetric, "edge": edge}

@@ -2,8 +2,10 @@
 
 Two estimators, reported side by side:
 
-- joint (what capgap reports): the surface m(T, S) = L(S) + c(S)·(log T − log T*(S))² fitted
-  to every point at once, weighted by the seed spread (capgap.law.joint);
+- joint (what capgap reports): the surface m(T, S) = L(S) + c(S)·q(log T − log T*(S)) fitted
+  to every point at once, its curve shape q (parabola or skew+cubic) chosen by AICc, weighted
+  by a noise model, with a bootstrap over students (capgap.law.joint; chosen by calibration,
+  docs/calibration.md);
 - two-step (the earlier estimate, kept for comparison): per student size the best measured
   teacher refined by the vertex of a parabola in log T through it and its two neighbours,
   then an unweighted line through those optima. It uses three points per student, lets the
@@ -21,7 +23,7 @@ import numpy as np
 
 from capgap.atomic import write_atomic
 from capgap.errors import CapgapError
-from capgap.law.joint import Cells, fit_joint
+from capgap.law.joint import ROBUST, Cells, Estimator, fit_joint, q
 from capgap.law.points import CSV_COLUMNS, Points, group_students, points_from_rows, read_csv
 from capgap.law.sizes import format_size
 
@@ -67,6 +69,10 @@ class Fit:
     method: str = "joint"
     chi2: float = np.nan  # joint: reduced χ² against the seed spread
     two_step: "Fit | None" = None  # the two-step estimate of the same points, for comparison
+    shape: str = "parabola"  # joint: the curve model used (capgap.law.joint.SHAPES)
+    shape_params: tuple = ()  # joint: its shared parameters (η, δ for skew+cubic)
+    misfit: str | None = None  # joint: one line when the curves fit worse than the seeds allow
+    shapes_tried: tuple = ()  # joint: the curve models the points allowed (AICc picked `shape`)
 
     def predict(self, student: float, level: float = 0.95) -> tuple[float, float, float]:
         """T* for a student size, with a bootstrap interval on the fitted line."""
@@ -81,7 +87,7 @@ class Fit:
     def curve(self, size: SizeFit, teachers: np.ndarray) -> np.ndarray:
         """The joint surface along one student's teachers (in the metric's own sign)."""
         sign = -1.0 if self.higher_is_better else 1.0
-        x = (np.log(teachers) - np.log(max(size.optimum, 1.0))) ** 2
+        x = q(np.log(teachers) - np.log(max(size.optimum, 1.0)), self.shape_params)
         return sign * (sign * size.optimum_value + size.curvature * x)
 
     def rms(self) -> float:
@@ -92,6 +98,8 @@ class Fit:
     def law(self) -> dict:
         a_ci, b_ci = self.interval(self.samples[:, 0]), self.interval(self.samples[:, 1])
         return {"estimator": self.method, "a": self.a, "b": self.b, "r2": self.r2,
+                **({"curve_model": self.shape, "shape_params": list(self.shape_params)}
+                   if self.method == "joint" else {}),
                 "r2_of": "surface" if self.method == "joint" else "line through optima",
                 "chi2_red": None if np.isnan(self.chi2) else self.chi2,
                 "rms": self.rms() if self.method == "joint" else None,
@@ -147,6 +155,10 @@ class Fit:
                          f" {s.optimum / s.student:>7.2f}"
                          + (f" {format_size(two.sizes[i].optimum):>11}" if two else "") + f"  {note}")
         lines += ["", f"{self.method}: {self.line()}   ({len(self.sizes)} student sizes)"]
+        if self.method == "joint":
+            lines.append(f"curve model: {describe_shape(self.shape, self.shape_params, self.shapes_tried)}")
+        if self.misfit:
+            lines.append(f"warning: {self.misfit}")
         if two:
             lines.append(f"two-step: {two.line()}")
         lines.append(f"paper: T* = {PAPER['a']:.3f}·S - {-PAPER['b'] / 1e6:.3f}M"
@@ -238,8 +250,39 @@ def fit_two_step(points: Points, higher_is_better: bool = False, n_boot: int = 1
     return Fit(sizes, points.metric, higher_is_better, a, b, r2, samples, notes, method="two-step")
 
 
+def describe_shape(shape: str, params: tuple, tried: tuple = ()) -> str:
+    others = [t for t in tried if t != shape]
+    how = (f"chosen by AICc over {', '.join(others)}" if others else
+           "the only curve model these points allow" if len(tried) == 1 else "as asked")
+    if shape == "parabola":
+        return f"parabola in log T ({how})"
+    eta, delta = params
+    side = "large-teacher" if eta > 0 else "small-teacher"
+    return (f"skew+cubic in log T, shared by the students: the {side} side {np.exp(abs(eta)):.2f}× "
+            f"as steep, cubic δ {delta:+.3f} ({how})")
+
+
+def _misfit_line(sizes, j, n_boot: int) -> str | None:
+    """One line when the surface misses by more than the seed spread: the students that fit
+    worst, and how much wider the slope's interval is than seed noise alone makes it."""
+    if np.isnan(j.chi2) or j.chi2 <= 2:
+        return None
+    order = np.argsort(-j.chi2_student)[:2]
+    worst = ", ".join(f"{format_size(sizes[i].student)} (χ²/dof {j.chi2_student[i]:.1f})" for i in order)
+    line = (f"misfit is large (χ²/dof {j.chi2:.1f} against the seed spread); the curves of student "
+            f"{worst} fit worst")
+    if j.noise_samples is not None and len(j.noise_samples) > 1 and len(j.samples) > 1:
+        wide = np.subtract(*np.quantile(j.samples[:, 0], [0.975, 0.025]))
+        narrow = np.subtract(*np.quantile(j.noise_samples[:, 0], [0.975, 0.025]))
+        if narrow > 0:
+            line += (f"; the bootstrap resamples the fit's residuals, misfit included (and whole "
+                     f"students, with 4 or more sizes), so the 95% interval of a is {wide / narrow:.1f}× "
+                     f"as wide as seed noise alone would make it")
+    return line
+
+
 def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed: int = 0,
-        tol: float = 0.1) -> Fit:
+        tol: float = 0.1, estimator: Estimator = ROBUST) -> Fit:
     """The joint fit, with the two-step estimate of the same points beside it (fit.two_step)."""
     two = fit_two_step(points, higher_is_better, n_boot, seed, tol)
     sizes, cells, notes = _measured(points, higher_is_better, tol)
@@ -248,7 +291,7 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
                  np.concatenate([s.teachers for s in sizes]), [v for c in cells for v in c])
     # starts: the two-step line, the paper's ratio, and a spread of slopes through the origin
     starts = [(two.a, two.b)] + [(k, 0.0) for k in (1.5, PAPER_RATIO, 4.0)]
-    j = fit_joint(flat, starts, n_boot, seed)
+    j = fit_joint(flat, starts, n_boot, seed, estimator)
     sign = -1.0 if higher_is_better else 1.0
     for i, s in enumerate(sizes):
         s.optimum = float(j.a * s.student + j.b)
@@ -267,4 +310,6 @@ def fit(points: Points, higher_is_better: bool = False, n_boot: int = 1000, seed
     if any(s.optimum <= 0 for s in sizes):
         notes.append("the fitted line gives no positive teacher for some student")
     return Fit(sizes, points.metric, higher_is_better, float(j.a), float(j.b), j.r2, j.samples,
-               notes + two.notes, method="joint", chi2=j.chi2, two_step=two)
+               notes + two.notes, method="joint", chi2=j.chi2, two_step=two, shape=j.shape,
+               shape_params=j.shape_params, misfit=_misfit_line(sizes, j, n_boot),
+               shapes_tried=j.shapes_tried)

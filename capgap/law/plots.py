@@ -46,7 +46,8 @@ def curves_figure(fit: Fit) -> Figure:
     ax.set_ylabel(f"student {fit.metric}" + (" (mean ± seed s.d.)" if any(
         s.spread is not None and not np.all(np.isnan(s.spread)) for s in fit.sizes) else ""))
     ax.set_title(f"capacity gap (★ {fit.method} optimum"
-                 + ("; dotted: fitted surface)" if fit.method == "joint" else ")"))
+                 + (f"; dotted: each student's fitted {fit.shape} curve)" if fit.method == "joint" else ")"),
+                 fontsize="medium")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
