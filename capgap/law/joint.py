@@ -181,7 +181,9 @@ def fit_joint(cells: Cells, starts: list[tuple[float, float]], n_boot: int = 100
               seed: int = 0, estimator: Estimator = ROBUST) -> JointResult:
     G, g = len(cells.student), cells.group
     shapes = list(SHAPES) if estimator.shape == "auto" else [estimator.shape]
-    shapes = [s for s in shapes if _admissible(len(cells.teacher), G, s)] or shapes[:1]
+    # too few cells for AICc to compare shapes: the one with the fewest parameters, which an
+    # exactly determined fit (as many cells as parameters) can still give
+    shapes = [s for s in shapes if _admissible(len(cells.teacher), G, s)] or [min(shapes, key=SHAPES.get)]
     P = n_params(cells, shapes[0])
     if len(cells.teacher) < P:
         raise CapgapError(
