@@ -158,14 +158,6 @@ class Job:
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
-    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum `tensor` over the ranks in place (over the CPU group: these are small tensors)."""
-        if self.world_size > 1:
-            cpu = tensor.detach().cpu()
-            dist.all_reduce(cpu, group=self.group)
-            tensor.copy_(cpu)
-        return tensor
-
     @contextmanager
     def zero_first(self):
         """Rank 0 runs the block first (building whatever cache entry it needs, under its lock);
