@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.models import teacher_name
 
 CONF = Path(__file__).parent / "conf"
@@ -44,7 +44,7 @@ def check_group_choices(argv: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    from capgap import terminal
+    from capgap.runtime import terminal
     from capgap.tasks import run_task
 
     terminal.setup()

@@ -75,3 +75,16 @@ def postgres_server():
 def pg_url(postgres_server):
     """The URL of a fresh, empty database on the session's server."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checkout_stays_clean():
+    """Tests write into temporary folders only: a job started in the checkout without
+    hydra.run.dir would leave outputs/ or multirun/ there (the soak test once did)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    before = {p for p in ("outputs", "multirun") if (root / p).exists()}
+    yield
+    after = {p for p in ("outputs", "multirun") if (root / p).exists()}
+    assert after <= before, f"the tests wrote {sorted(after - before)} into the checkout {root}"

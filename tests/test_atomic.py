@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from capgap.atomic import MARKER, build_once, build_value, build_value_collective, entry_problem, is_temp, sweep_stale, write_atomic
+from capgap.runtime.atomic import MARKER, build_once, build_value, build_value_collective, entry_problem, is_temp, sweep_stale, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# a builder in its own process: capgap.atomic imports no torch, so this starts in a blink
+# a builder in its own process: capgap.runtime.atomic imports no torch, so this starts in a blink
 BUILDER = """
 import sys, time
 from pathlib import Path
-from capgap.atomic import build_once
+from capgap.runtime.atomic import build_once
 entry, log, pause = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 def build(tmp):
     with log.open("a") as f:
@@ -180,7 +180,7 @@ def test_a_failed_build_publishes_nothing(tmp_path):
 def test_sweep_removes_only_temps_of_dead_processes(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    from capgap.atomic import HOST
+    from capgap.runtime.atomic import HOST
     stale = tmp_path / f".x.json.tmp-{HOST}-{dead}-abcdef"
     live = tmp_path / f".y.json.tmp-{HOST}-{os.getpid()}-abcdef"
     other_host = tmp_path / f".z.json.tmp-00000000-{dead}-abcdef"

@@ -111,7 +111,7 @@ def run_case(name: str, w: dict, folder: Path) -> subprocess.CompletedProcess:
         if "store=postgres" not in args:
             cmd.append(f"store.url={folder / 'store.sqlite'}")
     else:
-        cmd = [sys.executable, "-m", "capgap.cli", *args]
+        cmd = [sys.executable, "-m", "capgap.commands.cli", *args]
         if args[0] == "fit":
             cmd += ["--out", str(folder / "fit")]
         elif args[0] == "predict":

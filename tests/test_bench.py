@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from capgap import bench
+from capgap.commands import bench
 
 
 def test_kd_loss_bench_prints_parsable_figures(capsys):
@@ -65,7 +65,7 @@ def test_teacher_dtype_bench_reads_a_jsonl_corpus_as_data_local_does(tmp_path, c
 def test_teacher_dtype_bench_refuses_a_corpus_shorter_than_one_batch(tmp_path):
     from tiny_checkpoint import make_checkpoint
 
-    from capgap.errors import CapgapError
+    from capgap.runtime.errors import CapgapError
 
     teacher = make_checkpoint(tmp_path / "teacher")
     (tmp_path / "short.txt").write_text("the law of capacity gap")
@@ -77,7 +77,7 @@ def test_teacher_dtype_bench_refuses_a_corpus_shorter_than_one_batch(tmp_path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 @pytest.mark.parametrize("sub", [["teacher-dtype", "--teacher-path", "t", "--data", "d"], ["distill"], ["eval"]])
 def test_every_bench_refuses_device_cuda_without_cuda(sub):
-    from capgap.errors import CapgapError
+    from capgap.runtime.errors import CapgapError
 
     with pytest.raises(CapgapError, match="no CUDA device is visible"):
         bench.main([*sub, "--device", "cuda"])

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from capgap.distill import chain as chain_mod
 from capgap.distill.module import DistillModule
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law.store import Store
 from capgap.tasks import run_task
 from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)

@@ -32,7 +32,7 @@ def losses(store_path) -> dict:
 def test_four_jobs_at_once_build_each_cache_entry_once(tmp_path):
     cache, store = tmp_path / "cache", tmp_path / "store.sqlite"
     jobs = [subprocess.Popen([sys.executable, "run.py", *COMMON, f"student.size={size}", f"store.url={store}",
-                              f"paths.run_dir={tmp_path / 'runs' / size}"],
+                              f"hydra.run.dir={tmp_path / 'runs' / size}"],
                              cwd=ROOT, env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for size in SIZES]
     logs = [j.communicate(timeout=600)[0] for j in jobs]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from capgap.models.params import count_params
 from capgap.models.zoo import build_from_config
-from capgap.training import build_trainer
+from capgap.runtime.training import build_trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -11,7 +11,7 @@ from capgap.data import token_cache
 from capgap.data.blocks import IGNORE, PackedBlocks, unigram_entropy
 from capgap.data.bpe import train_bpe
 from capgap.data.datamodule import CorpusDataModule
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 
 def make_corpus(folder, n_docs=60, seed=0):
@@ -146,8 +146,8 @@ def test_embedded_corpus_is_real_english():
 def test_tokenizing_inside_a_stage_gives_the_bar_back_its_title(tmp_path, tokenizer, caplog):
     """The datamodule tokenizes inside pretraining's fit: "[capgap] tokenizing" is said, and
     the fit's bar (StageBar takes terminal.title()) still reads "pretraining", not "tokenizing"."""
-    from capgap import terminal
-    from capgap.progress import StageBar
+    from capgap.runtime import terminal
+    from capgap.runtime.progress import StageBar
 
     terminal.announce("pretraining", "micro_s")
     with caplog.at_level("INFO"):

@@ -20,7 +20,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from capgap.atomic import is_temp
+from capgap.runtime.atomic import is_temp
 from capgap.data.bpe import train_bpe
 from capgap.law.store import Store
 from conftest import tiny_gpt_neox

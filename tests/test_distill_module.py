@@ -6,9 +6,10 @@ import torch
 
 from capgap.distill.intermediate import AttentionKL, HiddenStateMSE, attention_kl, layer_map
 from capgap.data.blocks import IGNORE
-from capgap.distill.losses import KDLoss, shift_labels
+from capgap.distill.losses import KDLoss
+from capgap.models.lm_loss import shift_labels
 from capgap.distill.module import DistillModule
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from conftest import TINY, VOCAB
 
 # a narrower student of the same family, as pruning makes

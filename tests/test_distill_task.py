@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from capgap.data.bpe import train_bpe
 from capgap.distill.module import DistillModule
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.prune.slicing import load_pruned
 from capgap.tasks import run_task
 from conftest import tiny_gpt_neox
@@ -150,7 +150,7 @@ def test_different_vocabularies_exit_2_with_one_line(tiny_setup, tmp_path):
     other = tiny_gpt_neox(vocab_size=n + 8)
     other.save_pretrained(tmp_path / "other")
     args = cli(root, corpus, tmp_path / "run", "student=path", f"student.path={tmp_path / 'other'}")
-    p = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "run.py", *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "CAPGAP_CACHE": str(tmp_path / "cache")})
     assert p.returncode == 2, p.stderr
     # (transformers' own weight-loading bars may precede it; no traceback)

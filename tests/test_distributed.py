@@ -1,4 +1,4 @@
-"""Where a process stands in its job, read from whoever started it (capgap.distributed.topology):
+"""Where a process stands in its job, read from whoever started it (capgap.runtime.distributed.topology):
 capgap's own children, srun, torchrun, a node of a multi-node job. Read only: the user's
 variables are never rewritten (tests/test_ddp.py runs the launchers themselves)."""
 
@@ -9,8 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from capgap import distributed, training
-from capgap.errors import CapgapError
+from capgap.runtime import distributed, training
+from capgap.runtime.errors import CapgapError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",

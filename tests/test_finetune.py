@@ -6,7 +6,7 @@ import json
 import pytest
 
 import capgap.tasks.distill as distill_task
-from capgap.lm_module import CausalLMModule
+from capgap.pretrain.lm_module import CausalLMModule
 from capgap.tasks import run_task
 from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
@@ -55,7 +55,7 @@ def test_finetune_stage_trains_with_ce_only_at_the_scaled_lr(tiny_setup, tmp_pat
 
 def test_finetune_off_by_default_and_bad_values_name_the_key(tiny_setup, tmp_path):
     from capgap.distill.finetune import finetune_settings
-    from capgap.errors import CapgapError
+    from capgap.runtime.errors import CapgapError
     root, corpus = tiny_setup
     assert finetune_settings(config(root, corpus, tmp_path).distill) == (0, 0.1)
     with pytest.raises(CapgapError, match="distill.finetune.lr_scale"):

@@ -85,7 +85,7 @@ def test_sharded_teacher_and_student_train_clip_validate_and_save_whole(setup, u
         assert all(b <= 1.0 + 1e-4 and b <= a + 1e-6 for a, b in zip(pre, post))
     # the ranks saw the same gathered norms: one model, not two
     assert ranks[0]["pre_clip"] == pytest.approx(ranks[1]["pre_clip"], rel=1e-6)
-    # the logged grad norm (capgap.lm_module, a DTensor norm) is the probe's
+    # the logged grad norm (capgap.pretrain.lm_module, a DTensor norm) is the probe's
     import csv
     rows = list(csv.DictReader((work / "run" / "csv" / "metrics.csv").open()))
     logged = [float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")]
@@ -93,7 +93,7 @@ def test_sharded_teacher_and_student_train_clip_validate_and_save_whole(setup, u
 
     # the student, saved whole by rank 0, loads and gives the held-out loss the job reported
     from capgap.data.datamodule import CorpusDataModule
-    from capgap.distill.chunked import lm_loss
+    from capgap.models.lm_loss import lm_loss
     from capgap.prune.slicing import load_pruned
     from transformers import AutoTokenizer
 

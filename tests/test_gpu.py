@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from capgap import bench
+from capgap.commands import bench
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,13 +14,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from capgap import budget, plan
-from capgap.distill.chunked import lm_loss
+from capgap.commands import plan
+from capgap.runtime import budget
+from capgap.models.lm_loss import lm_loss
 from capgap.distill.module import DistillModule
-from capgap.errors import CapgapError
-from capgap.law.sizes import parse_size
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.sizes import parse_size
 from capgap.tasks import run_task
-from capgap.training import check_trainer
+from capgap.runtime.training import check_trainer
 from conftest import TINY, tiny_gpt_neox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def test_token_budget_from_tokens_or_per_parameter():
     (["distill.tokens=null", "distill.tokens_per_param=abc"], "distill.tokens_per_param=abc must be"),
 ])
 def test_plan_without_a_token_budget_is_one_line_and_exit_2(capsys, overrides, message):
-    from capgap import cli
+    from capgap.commands import cli
 
     assert cli.main(["plan", *overrides]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -160,11 +161,11 @@ def test_fsdp_config_composes_with_the_sharding_strategy_and_runs_on_cpu_by_over
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     cfg = config("trainer=fsdp")
-    assert cfg.trainer.strategy._target_ == "capgap.sharding.fsdp_strategy"
+    assert cfg.trainer.strategy._target_ == "capgap.runtime.sharding.fsdp_strategy"
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
     assert instantiate(cfg.trainer.strategy) == "auto"  # one process: nothing to shard over
-    from capgap import distributed
-    from capgap.distributed import Job, Topology
+    from capgap.runtime import distributed
+    from capgap.runtime.distributed import Job, Topology
 
     monkeypatch.setattr(distributed, "_current", Job(Topology(0, 0, 0, 2, 2, "spawn")))
     strategy = instantiate(cfg.trainer.strategy)

@@ -18,7 +18,7 @@ import torch
 from law_data import law_rows
 from tiny_checkpoint import make_checkpoint, write_corpus
 
-from capgap.cli import main
+from capgap.commands.cli import main
 from capgap.eval.harness import HIGHER_IS_BETTER, figures
 from capgap.law.store import Store
 
@@ -216,7 +216,7 @@ def test_capgap_reads_a_student_tokenizer_without_running_or_asking_about_its_co
     capgap gives it the family's config instead, so it neither runs the folder's code nor
     asks in the terminal whether to."""
     from capgap.models.zoo import load_local, load_local_tokenizer
-    from capgap.errors import CapgapError
+    from capgap.runtime.errors import CapgapError
 
     made, tokenizer = students
     folder = made["global"][1]

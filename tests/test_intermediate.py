@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from capgap.distill.intermediate import HiddenStateMSE, attention_kl, layer_map
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from conftest import tiny_gpt_neox, tiny_llama
 
 B, L, HS, HT = 2, 5, 3, 4

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law.adaptive import AdaptiveSearch
 
 ROOT = Path(__file__).parents[1]
@@ -124,7 +124,7 @@ from objective import objective
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg):
-    from capgap.law.sizes import parse_size
+    from capgap.runtime.sizes import parse_size
     s, t = parse_size(cfg.student.size), cfg.teacher.params
     value = float(objective(s, t, cfg.seed))
     with open(os.environ["CALLS"], "a") as f:

@@ -16,7 +16,7 @@ import numpy as np
 from calibrate_law import calibrate, figures, study, table
 from law_data import planted_law
 
-from capgap.cli import main
+from capgap.commands.cli import main
 from capgap.law.fit import fit, points_from_rows
 from capgap.law.joint import ROBUST, TODAY
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from law_data import law_rows, with_config
 
-from capgap.cli import main
+from capgap.commands.cli import main
 from capgap.law.store import Store
 
 
@@ -154,7 +154,7 @@ def test_mistakes_give_one_line(case, tmp_path, capsys):
 
 def test_console_script_exits_2_without_traceback(tmp_path):
     argv, says = _corrupt(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "capgap.cli", *argv], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "capgap.commands.cli", *argv], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and says in proc.stderr
 
@@ -163,7 +163,7 @@ def test_law_commands_never_import_torch(tmp_path):
     csv = tmp_path / "r.csv"
     csv.write_text("teacher_params,student_params,metric\n" + "".join(
         f"{r['teacher_params']},{r['student_params']},{r['metric']}\n" for r in law_rows(seeds=1)))
-    code = ("import sys; from capgap.cli import main; "
+    code = ("import sys; from capgap.commands.cli import main; "
             f"rc = main(['fit', '--csv', {str(csv)!r}, '--out', {str(tmp_path / 'o')!r}]); "
             "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -6,8 +6,8 @@ import csv
 import numpy as np
 import pytest
 
-from capgap.cli import main
-from capgap.errors import CapgapError
+from capgap.commands.cli import main
+from capgap.runtime.errors import CapgapError
 from capgap.law.distillation import fit_distillation, predict_loss
 from capgap.law.points import Points, points_from_rows
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from law_data import law_rows
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law.fit import PAPER, fit, optimum, points_from_rows, read_csv
 
 

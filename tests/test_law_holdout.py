@@ -6,7 +6,7 @@ import pytest
 from law_data import law_rows
 from test_law_calibration import write_csv
 
-from capgap.cli import main
+from capgap.commands.cli import main
 
 
 def test_holdout_predicts_the_largest_students_teacher(tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from capgap.law.fit import fit, points_from_rows
-from capgap.law.sizes import parse_size
+from capgap.runtime.sizes import parse_size
 
 ROOT = Path(__file__).parents[1]
 

@@ -3,10 +3,10 @@
 import pytest
 from law_data import law_rows
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law.fit import fit, points_from_rows
 from capgap.law.predict import load_zoo, parse_size, predict
-from capgap.law.sizes import format_size
+from capgap.runtime.sizes import format_size
 
 
 @pytest.mark.parametrize("text,n", [("3B", 3_000_000_000), ("30M", 30_000_000),

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import Index, MetaData, Table, create_engine, text
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law import store as store_module
 from capgap.law.store import Store, default_url, runs
 

@@ -1,6 +1,9 @@
 """The package's import graph, read from the source (every import, those inside functions too):
-no cycles, and the layers point down: data and models never import training, distillation,
-pruning or tasks; the law code never imports torch training code."""
+no cycles, and imports point one way: commands and tasks → the science (data, models, pretrain,
+prune, distill, law, eval) → runtime. Runtime imports nothing else of capgap; nothing but the
+commands imports a command, and nothing imports a task but the tasks and the commands. Inside the
+science, data and models never train (no pretrain, prune or distill), and the law and the
+benchmarks import no torch training code at all."""
 
 import ast
 from pathlib import Path
@@ -10,15 +13,26 @@ PKG = Path(__file__).resolve().parents[1] / "capgap"
 # a cycle another change of issue 12 removes; delete the entry when it has landed
 KNOWN_CYCLES: list[set[str]] = []  # none left: a new cycle fails the test
 
-# what each lower layer may import from capgap (besides itself)
+RUNTIME = "capgap.runtime"
+SCIENCE = ("capgap.data", "capgap.models", "capgap.pretrain", "capgap.prune", "capgap.distill",
+           "capgap.law", "capgap.eval")
+
+# what each package may import from capgap besides itself and the runtime
 ALLOWED = {
-    # capgap.distributed: which rank builds a cache entry (rank 0 first, the others then read it)
-    "capgap.data": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.terminal", "capgap.distributed"),
-    "capgap.models": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.terminal", "capgap.data",
-                      "capgap.distributed"),
-    "capgap.law": ("capgap.errors", "capgap.atomic", "capgap.cache", "capgap.confdir"),
+    RUNTIME: (),
+    "capgap.data": (),
+    "capgap.models": ("capgap.data",),
+    "capgap.pretrain": ("capgap.data", "capgap.models"),
+    "capgap.prune": ("capgap.data", "capgap.models", "capgap.pretrain"),
+    # the law: an assistant chain spaces its teachers at the fitted ratio T*/S
+    "capgap.distill": ("capgap.data", "capgap.models", "capgap.pretrain", "capgap.prune", "capgap.law"),
+    # the law fits numbers from the store: no torch model code (its two Lightning/Hydra
+    # callbacks import the runtime only)
+    "capgap.law": (),
     # benchmarks take a model object and return figures: no training, tasks or law code
-    "capgap.eval": ("capgap.errors", "capgap.terminal"),
+    "capgap.eval": (),
+    "capgap.tasks": SCIENCE,
+    "capgap.commands": SCIENCE + ("capgap.tasks",),
 }
 
 
@@ -41,7 +55,7 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:
                     anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
-                # `from capgap import training` names a module; `from x import f` names x
+                # `from capgap.runtime import training` names a module; `from x import f` names x
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
             else:
                 continue
@@ -88,7 +102,7 @@ def cycles(graph) -> list[set[str]]:
 def test_the_graph_sees_real_imports():
     g = import_graph()
     assert "capgap.distill.module" in g["capgap.distill.config"]
-    assert "capgap.training" in g["capgap.pretraining"]  # `from capgap import training`
+    assert "capgap.runtime.training" in g["capgap.pretrain.teachers"]  # `from capgap.runtime import training`
     assert "capgap.models.micro" in g["capgap.models.zoo"]
 
 
@@ -101,11 +115,29 @@ def test_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
+def _layer(name: str) -> str | None:
+    return next((layer for layer in ALLOWED if name == layer or name.startswith(layer + ".")), None)
+
+
+def test_every_module_has_a_layer():
+    """Nothing sits at the top of capgap/ but the package itself: each module is placed."""
+    assert [n for n in import_graph() if n != "capgap" and _layer(n) is None] == []
+
+
 def test_layers_point_down():
     bad = []
     for name, deps in import_graph().items():
-        for layer, allowed in ALLOWED.items():
-            if name == layer or name.startswith(layer + "."):
-                bad += [(name, d) for d in deps
-                        if not (d == layer or d.startswith(layer + ".") or d.startswith(allowed))]
+        layer = _layer(name)
+        if layer is None:
+            continue
+        allowed = (layer, RUNTIME) + ALLOWED[layer]
+        bad += [(name, d) for d in deps if _layer(d) not in allowed]
     assert bad == []
+
+
+def test_the_layer_rule_can_fail():
+    """A runtime module importing the science, or a science module importing a task, is caught."""
+    assert _layer("capgap.runtime.training") == RUNTIME
+    assert "capgap.distill" not in (RUNTIME,) + ALLOWED[RUNTIME]
+    assert "capgap.tasks" not in ALLOWED["capgap.distill"]
+    assert "capgap.distill" not in ALLOWED["capgap.models"]

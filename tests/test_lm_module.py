@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
-from capgap.lm_module import CausalLMModule
+from capgap.pretrain.lm_module import CausalLMModule
 from conftest import VOCAB, tiny_gpt_neox
 
 

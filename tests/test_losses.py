@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from capgap.data.blocks import IGNORE
-from capgap.distill.losses import DIVERGENCES, get_kd_loss, shift_labels
-from capgap.errors import CapgapError
+from capgap.distill.losses import DIVERGENCES, get_kd_loss
+from capgap.models.lm_loss import shift_labels
+from capgap.runtime.errors import CapgapError
 
 N, V = 7, 5
 

@@ -3,7 +3,7 @@
 from huggingface_hub import ModelCard
 
 from capgap import __version__
-from capgap.model_card import Card, model_card
+from capgap.models.card import Card, model_card
 
 WIDTHS = {"head_dim": 8, "layer_heads": [4, 2, 6], "layer_kv_heads": [2, 1, 3], "layer_intermediate": [64, 32, 88]}
 

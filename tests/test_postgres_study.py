@@ -43,7 +43,7 @@ def test_a_two_point_micro_study_writes_to_postgres(pg_url, tmp_path):
     # the multirun-end fit read those two rows back from the server: one teacher is no law yet
     assert "[capgap] no law fitted: only one teacher size" in out.stdout
 
-    report = subprocess.run([sys.executable, "-m", "capgap.cli", "report", "--store", pg_url],
+    report = subprocess.run([sys.executable, "-m", "capgap.commands.cli", "report", "--store", pg_url],
                             env=env(tmp_path, pg_url), capture_output=True, text=True, timeout=60)
     assert report.returncode == 0 and "studies (1): pg_micro: 2 done, 0 failed, 0 skipped" in report.stdout
 
@@ -52,7 +52,7 @@ def test_capgap_fit_reads_a_postgres_store(pg_url, tmp_path):
     store = Store(pg_url)
     for row in with_config(law_rows(seeds=2), study="pythia"):
         store.record(row)
-    out = subprocess.run([sys.executable, "-m", "capgap.cli", "fit", "--store", pg_url, "--study", "pythia",
+    out = subprocess.run([sys.executable, "-m", "capgap.commands.cli", "fit", "--store", pg_url, "--study", "pythia",
                           "--out", str(tmp_path / "fit"), "--bootstrap", "100"],
                          env=env(tmp_path, pg_url), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from capgap.data.blocks import IGNORE
 from capgap.distill import progressive as prog
 from capgap.distill.module import DistillModule
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.tasks import run_task
 from conftest import VOCAB, tiny_gpt_neox
 from test_study import config

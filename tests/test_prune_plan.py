@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.models.params import count_params
 from capgap.models.zoo import build_from_config
 from capgap.prune.planner import SlicedCount, make_plan
@@ -72,7 +72,7 @@ def test_round_sizes_of_the_micro_family_plan_at_defaults(name, caplog):
     """`teacher=micro_xs student.size=200K` at prune.multiple=8 fell between hidden 16 and 24
     (one step of 8 moves the embeddings and head by 65K) and stopped: the planner now steps
     down to a finer multiple and says so in one line."""
-    from capgap.law.sizes import parse_size
+    from capgap.runtime.sizes import parse_size
     teacher = meta_teacher(name)
     total = count_params(teacher)["total"]
     for size in [parse_size(s) for s in ROUND_SIZES if parse_size(s) < total]:

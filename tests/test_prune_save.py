@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.prune import load_pruned
 from capgap.prune.planner import make_plan
 from capgap.prune.scores import random_scores

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.prune.scores import baseline_scores, block_influence, magnitude_scores
 from prune_helpers import batches, score
 
@@ -148,7 +148,7 @@ def local_teacher(tmp_path_factory):
 def test_five_sparsities_score_once(local_teacher, tmp_path):
     """The production path (student.pruned → scores_for → PrunerModule) scores a teacher once
     per (teacher, data, N): five sparsities cost N forward passes, another N costs its own."""
-    from capgap.student import pruned
+    from capgap.prune.student import pruned
     root, corpus, teacher, tok = local_teacher
     passes = []
     hook = teacher.base_model.register_forward_pre_hook(lambda *a: passes.append(1))  # scoring runs the base model

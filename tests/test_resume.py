@@ -16,9 +16,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from capgap.distill.module import DistillModule
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.prune.slicing import load_pruned
-from capgap.resume import claim
+from capgap.runtime.resume import claim
 from capgap.tasks import run_task
 from test_distill_task import local_teacher
 
@@ -144,7 +144,7 @@ def test_a_second_identical_job_stops_with_one_line(tmp_path):
 
 def test_a_killed_holder_does_not_block_its_rerun(tmp_path):
     folder = tmp_path / "checkpoints" / "distill-abc"
-    code = ("import sys, time; from capgap.resume import claim\n"
+    code = ("import sys, time; from capgap.runtime.resume import claim\n"
             "with claim(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_kill_nine_soak(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "capgap.soak", "--work", str(tmp_path), "--kills", "10"],
+    p = subprocess.run([sys.executable, "-m", "capgap.commands.soak", "--work", str(tmp_path), "--kills", "10"],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                        timeout=3000)
     out = p.stdout

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from law_data import law_rows, with_config
 from tiny_checkpoint import make_checkpoint, write_corpus
 
-from capgap.hydra_callbacks import FitLawOnMultirunEnd
-from capgap.errors import CapgapError
+from capgap.law.multirun_fit import FitLawOnMultirunEnd
+from capgap.runtime.errors import CapgapError
 from capgap.law.store import Store
 from capgap.tasks import run_task
 
@@ -25,7 +25,7 @@ def config(tmp_path, *overrides, hydra=False):
 
 
 def test_a_point_is_filed_under_its_study_and_the_hash_ignores_the_name(tmp_path):
-    from capgap.run_id import config_hash
+    from capgap.law.studies import config_hash
 
     store = f"store.url={tmp_path / 's.sqlite'}"
     # a student not below its teacher is recorded as skipped without training: the quickest row
@@ -129,7 +129,7 @@ def test_the_multirun_callback_imports_nothing_heavy():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import capgap.hydra_callbacks, sys; "
+    out = subprocess.run([sys.executable, "-c", "import capgap.law.multirun_fit, sys; "
                           "print(sorted(m for m in ('lightning', 'torch') if m in sys.modules))"],
                          capture_output=True, text=True, check=True, cwd=CONF.parent).stdout
     assert out.strip() == "[]"

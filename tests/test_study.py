@@ -54,7 +54,7 @@ def test_student_not_smaller_than_teacher_is_skipped_not_an_error(tmp_path):
 
 
 def test_config_hash_ignores_display_and_off_options_but_not_the_experiment(tmp_path):
-    from capgap.run_id import config_hash
+    from capgap.law.studies import config_hash
 
     base = config_hash(config(tmp_path, "student.size=250K"))
     assert config_hash(config(tmp_path, "student.size=250K", "trainer.enable_progress_bar=true",
@@ -67,7 +67,7 @@ def test_config_hash_ignores_display_and_off_options_but_not_the_experiment(tmp_
 
 def test_a_diverged_point_is_recorded_as_failed_never_as_a_result(tmp_path, monkeypatch):
     from capgap.distill.module import DistillModule
-    from capgap.errors import CapgapError
+    from capgap.runtime.errors import CapgapError
 
     def nan_loss(self, batch):
         return {"loss": self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss * float("nan")}

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections import Counter
 
-from capgap import terminal
+from capgap.runtime import terminal
 from test_distill_task import ROOT, cli, tiny_setup  # noqa: F401  (fixture)
 
 CONTROL = re.compile(r"(\x1b\[[0-9;]*[A-Za-z]|\r|\n)")

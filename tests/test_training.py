@@ -1,9 +1,9 @@
-"""capgap.training's one precision rule, as every pass outside the Trainer reads it."""
+"""capgap.runtime.training's one precision rule, as every pass outside the Trainer reads it."""
 
 import pytest
 import torch
 
-from capgap.training import autocast_for, precision_dtype
+from capgap.runtime.training import autocast_for, precision_dtype
 
 
 @pytest.mark.parametrize("precision, want", [

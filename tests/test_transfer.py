@@ -120,7 +120,7 @@ def test_generated_set_is_cached_and_a_second_run_samples_nothing(tiny_setup, tm
 
 def test_hard_preset_reaches_the_module(tiny_setup, tmp_path):
     from capgap.distill.config import from_config
-    from capgap.errors import CapgapError
+    from capgap.runtime.errors import CapgapError
     root, corpus = tiny_setup
     cfg = config(root, corpus, tmp_path, "distill=hard", "distill.data_strategy.fraction=0.25",
                  "distill.loss.alpha=1.0")

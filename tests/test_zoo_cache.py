@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from tiny_checkpoint import make_checkpoint
 
-from capgap.atomic import entry_problem
-from capgap.errors import CapgapError
+from capgap.runtime.atomic import entry_problem
+from capgap.runtime.errors import CapgapError
 from capgap.models import zoo
 
 CFG = SimpleNamespace(name="smollm2_135m", gguf_file=None)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from capgap.atomic import build_once
+from capgap.runtime.atomic import build_once
 from capgap.data import sources
-from capgap.errors import CapgapError
-from capgap.terminal import announce, keep_title
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.terminal import announce, keep_title
 
 BATCH_DOCS = 256
 

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from capgap import distributed
-from capgap.atomic import build_value
+from capgap.runtime import distributed
+from capgap.runtime.atomic import build_value
 from capgap.data.blocks import IGNORE
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 STRATEGIES = ("none", "generated", "confident", "hard")
 BY = ("max_prob", "neg_loss")
@@ -131,7 +131,7 @@ def strategy(d) -> dict:
 
 def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None) -> dict:
     """Swap dm's training blocks for the transfer set the strategy asks for; info for metrics.
-    `tokens`: the distillation budget (capgap.budget.token_budget; None while it waits on a
+    `tokens`: the distillation budget (capgap.runtime.budget.token_budget; None while it waits on a
     student size not known before the student is made)."""
     d = cfg.distill
     s = strategy(d)

@@ -18,16 +18,17 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from capgap import training
-from capgap.budget import token_budget
+from capgap.runtime import training
+from capgap.runtime.budget import token_budget
 from capgap.distill.config import from_config
-from capgap.errors import CapgapError
-from capgap.law.sizes import format_size, parse_size
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.sizes import format_size, parse_size
 from capgap.law.studies import DEFAULT
 from capgap.models.params import count_params
-from capgap.run_id import config_hash, teacher_id
-from capgap.student import make_student, target_size
-from capgap.terminal import announce, report
+from capgap.law.studies import config_hash
+from capgap.models.identity import teacher_id
+from capgap.prune.student import make_student, target_size
+from capgap.runtime.terminal import announce, report
 
 DEFAULT_RATIO = 2.5  # the paper's T* ≈ 2.5·S when no fit of our own exists
 

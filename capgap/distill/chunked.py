@@ -21,11 +21,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from capgap.data.blocks import IGNORE
-from capgap.distill.losses import KDLoss, Losses, at_least_fp32, shift_labels
+from capgap.distill.losses import KDLoss, Losses
+from capgap.models.lm_loss import CHUNK_SIZE, at_least_fp32, shift_labels
 
-# 256 tokens × 50k vocab ≈ 50 MB per fp32 logits tensor; a [256, hidden] matmul still keeps a
-# GPU busy (Liger's heuristic, tokens·hidden/vocab, gives 256 too at 8×2048 tokens and GPT-2 widths)
-CHUNK_SIZE = 256
 
 
 def chunked_kd_loss(student_hidden, student_head, teacher_hidden, teacher_head, targets,
@@ -116,37 +114,3 @@ class _ChunkedKD(torch.autograd.Function):
 
 def _cast(g, like):
     return None if g is None else g.to(like.dtype)
-
-
-
-def chunked_ce(hidden, head, targets, chunk_size: int = CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean CE, number of predicted tokens) from final hidden states [..., H] and aligned
-    targets [...], one chunk of logits at a time. Differentiable: each chunk runs under
-    torch.utils.checkpoint, so its logits are rebuilt in the backward instead of kept, and
-    no more than one chunk's logits exist at once in either pass."""
-    keep = (targets.reshape(-1) != IGNORE).nonzero().squeeze(1)
-    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
-    y = targets.reshape(-1).index_select(0, keep)
-    grad = torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad)
-    total = torch.zeros((), device=h.device)
-    for i in range(0, len(y), chunk_size):
-        hc, yc = h[i:i + chunk_size], y[i:i + chunk_size]
-        if grad:
-            total = total + torch.utils.checkpoint.checkpoint(_ce_sum, hc, head.weight, head.bias, yc,
-                                                              use_reentrant=False)
-        else:
-            total = total + _ce_sum(hc, head.weight, head.bias, yc)
-    n = torch.tensor(len(y), device=h.device)
-    return total / n.clamp(min=1), n
-
-
-def _ce_sum(h, w, b, y):
-    return F.cross_entropy(at_least_fp32(F.linear(h, w, b)), y, reduction="sum")
-
-
-def lm_loss(model, input_ids, labels, chunk_size: int = CHUNK_SIZE, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Hugging Face causal LM's next-token CE against unshifted labels, as `model(input_ids,
-    labels=labels).loss`, but through the base model's final hidden states and chunk by chunk
-    through the LM head: (mean, predicted-token count). `kw` goes to the base model."""
-    h = model.base_model(input_ids=input_ids, **kw).last_hidden_state
-    return chunked_ce(h, model.get_output_embeddings(), shift_labels(labels), chunk_size)

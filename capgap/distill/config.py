@@ -10,7 +10,7 @@ from __future__ import annotations
 from capgap.distill import hard, intermediate, progressive
 from capgap.distill.losses import get_kd_loss
 from capgap.distill.module import DistillModule, teacher_dtype
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 STRATEGIES = (intermediate.from_config, progressive.from_config, hard.from_config)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capgap import training
+from capgap.runtime import training
 from capgap.distill.config import optim_settings
-from capgap.terminal import announce
-from capgap.errors import CapgapError
-from capgap.lm_module import CausalLMModule
+from capgap.runtime.terminal import announce
+from capgap.runtime.errors import CapgapError
+from capgap.pretrain.lm_module import CausalLMModule
 
 
 def finetune_settings(d) -> tuple[int, float]:

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from capgap.data.blocks import IGNORE
-from capgap.distill.losses import shift_labels
+from capgap.models.lm_loss import shift_labels
 from capgap.distill.strategy import Strategy
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 
 @torch.no_grad()

@@ -16,12 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from capgap.data.blocks import IGNORE
-from capgap.errors import CapgapError
-
-
-def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
-    """HF-style labels [B, L] (unshifted) → aligned targets [B, L]: position t targets labels[t+1]."""
-    return F.pad(labels[..., 1:], (0, 1), value=ignore_index)
+from capgap.models.lm_loss import at_least_fp32
+from capgap.runtime.errors import CapgapError
 
 
 # Divergences D(teacher, student) per token, on temperature-scaled log-probabilities [..., V] → [...].
@@ -75,11 +71,6 @@ def skew_reverse_kl(s_logp, t_logp, skew=0.1):
     _check_unit("skew", skew)
     log_mix = torch.logaddexp(s_logp + _log(skew), t_logp + _log(1 - skew))
     return (s_logp.exp() * (s_logp - log_mix)).sum(-1)
-
-
-def at_least_fp32(x):
-    """bf16/fp16 → fp32, fp64 kept: softmaxes over a vocabulary or a sequence want the range."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _log(x):

@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from capgap.data.blocks import IGNORE
-from capgap import sharding
-from capgap.distill.chunked import CHUNK_SIZE, chunked_kd_loss
-from capgap.distill.losses import KDLoss, shift_labels
+from capgap.runtime import sharding
+from capgap.distill.chunked import chunked_kd_loss
+from capgap.models.lm_loss import CHUNK_SIZE
+from capgap.distill.losses import KDLoss
+from capgap.models.lm_loss import shift_labels
 from capgap.distill.teacher_eval import TeacherValidation
-from capgap.errors import CapgapError
-from capgap.lm_module import CausalLMModule
-from capgap.training import precision_dtype
+from capgap.runtime.errors import CapgapError
+from capgap.pretrain.lm_module import CausalLMModule
+from capgap.runtime.training import precision_dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -18,7 +18,7 @@ import lightning as L
 
 from capgap.distill.intermediate import HiddenStateMSE, layer_map, width
 from capgap.distill.strategy import Strategy
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
 
 

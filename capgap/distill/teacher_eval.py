@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchmetrics import MeanMetric
 
-from capgap.distill.chunked import CHUNK_SIZE, lm_loss
+from capgap.models.lm_loss import CHUNK_SIZE, lm_loss
 
 
 class TeacherValidation(Callback):

@@ -12,8 +12,8 @@ import functools
 import math
 from pathlib import Path
 
-from capgap.errors import CapgapError
-from capgap.terminal import announce
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.terminal import announce
 
 PREFIX = "harness/"
 HIGHER_IS_BETTER = f"{PREFIX}higher_is_better"  # {figure: bool}; capgap.law.points reads it from store rows

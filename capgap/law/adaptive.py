@@ -26,9 +26,9 @@ from typing import Callable
 
 import numpy as np
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law.fit import paper_optimum
-from capgap.law.sizes import format_size
+from capgap.runtime.sizes import format_size
 
 Point = tuple[int, int, int]  # (student index, teacher index, seed index)
 

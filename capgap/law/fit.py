@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from capgap.atomic import write_atomic
-from capgap.errors import CapgapError
+from capgap.runtime.atomic import write_atomic
+from capgap.runtime.errors import CapgapError
 from capgap.law.joint import ROBUST, Cells, Estimator, fit_joint, q
 from capgap.law.points import CSV_COLUMNS, Points, group_students, points_from_rows, read_csv
-from capgap.law.sizes import format_size
+from capgap.runtime.sizes import format_size
 
 __all__ = ["PAPER", "CSV_COLUMNS", "Points", "points_from_rows", "read_csv", "SizeFit", "Fit",
            "fit", "fit_two_step", "optimum"]

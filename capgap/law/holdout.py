@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.law.fit import Fit, fit
 from capgap.law.points import Points, group_students
-from capgap.law.sizes import format_size
+from capgap.runtime.sizes import format_size
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import leastsq, nnls
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 PRIOR_DOF = 10  # degrees of freedom the pooled seed spread counts for in each student's spread
 SHAPES = {"parabola": 0, "skew+cubic": 2}  # shape -> how many shared shape parameters

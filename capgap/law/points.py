@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 CSV_COLUMNS = ("teacher_params", "student_params", "metric")
 TEACHER_LOSS_KEY = "val/teacher_loss"  # what StoreCallback writes into a row's extra

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from capgap.confdir import conf_dir as installed_conf
-from capgap.errors import CapgapError
+from capgap.runtime.confdir import conf_dir as installed_conf
+from capgap.runtime.errors import CapgapError
 from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
-from capgap.law.sizes import format_size, parse_size
+from capgap.runtime.sizes import format_size, parse_size
 
 __all__ = ["parse_size", "load_zoo", "pick_teacher", "predict", "describe", "predict_distillation",
            "describe_distillation"]

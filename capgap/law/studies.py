@@ -10,7 +10,11 @@ Imports nothing heavy: the law commands and the config hash both use it.
 
 from __future__ import annotations
 
-from capgap.errors import CapgapError
+import hashlib
+
+from omegaconf import OmegaConf
+
+from capgap.runtime.errors import CapgapError
 
 DEFAULT = "default"
 
@@ -120,3 +124,10 @@ def _has(config: dict, key: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def config_hash(cfg) -> str:
+    """Same experiment, same hash: what identifies a run for resume and for the store."""
+    items = flatten(OmegaConf.to_container(cfg, resolve=False))
+    kept = sorted((k, repr(v)) for k, v in items if not k.startswith(NOT_HASHED))
+    return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]

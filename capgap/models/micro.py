@@ -1,6 +1,6 @@
 """The offline micro family: small GPT-NeoX teachers that capgap pretrains itself on the
 embedded corpus the first time one is asked for, then caches on disk. Here: their tokenizer
-and where the cache keeps them; the training is capgap.pretraining's (models never train)."""
+and where the cache keeps them; the training is capgap.pretrain.teachers's (models never train)."""
 
 from __future__ import annotations
 

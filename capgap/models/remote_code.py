@@ -15,7 +15,7 @@ import ast
 import json
 from pathlib import Path
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
 
 MODELING_FILE = "modeling_capgap.py"

@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from capgap.atomic import build_once
-from capgap.errors import CapgapError
+from capgap.runtime.atomic import build_once
+from capgap.runtime.errors import CapgapError
 from capgap.models import micro
 from capgap.models.remote_code import MODELING_FILE
 
@@ -135,7 +135,7 @@ def load_tokenizer(model_cfg, cfg):
 
 def load_model(model_cfg, cfg):
     """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode. A micro teacher
-    without a path is capgap.pretraining.load_teacher's: it may need pretraining first, and
+    without a path is capgap.pretrain.teachers.load_teacher's: it may need pretraining first, and
     models never train."""
     if model_cfg.get("path"):
         model, tok = load_local(model_cfg.path)

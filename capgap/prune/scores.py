@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from capgap import distributed
-from capgap.atomic import build_value_collective
-from capgap.distill.chunked import lm_loss
-from capgap.errors import CapgapError
+from capgap.runtime import distributed
+from capgap.runtime.atomic import build_value_collective
+from capgap.models.lm_loss import lm_loss
+from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
 from capgap.prune.masks import PLACEMENT, Masks, applied
@@ -162,7 +162,7 @@ def cached_scores(path: Path, compute) -> Scores:
 
 def baseline_scores(model, method: str, seed: int = 0) -> Scores:
     """The scores that need no data: the baselines expressiveness must beat. Expressiveness
-    itself is made by PrunerModule (capgap.student.scores_for), its one path."""
+    itself is made by PrunerModule (capgap.prune.student.scores_for), its one path."""
     if method == "random":
         return random_scores(model, seed)
     if method == "magnitude":

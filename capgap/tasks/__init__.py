@@ -11,11 +11,11 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from capgap.atomic import write_json_atomic
-from capgap.budget import apply_global_batch
-from capgap import distributed
-from capgap.errors import CapgapError
-from capgap.training import check_sharded_distill, check_trainer
+from capgap.runtime.atomic import write_json_atomic
+from capgap.runtime.budget import apply_global_batch
+from capgap.runtime import distributed
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.training import check_sharded_distill, check_trainer
 
 TASKS = {
     "pretrain": "capgap.tasks.pretrain",

@@ -1,5 +1,5 @@
 """`python -m capgap.tasks CONFIG.yaml`: run one job from its resolved config. How
-capgap.distributed starts a job's local ranks 1..N-1: they run the job rank 0 runs, however
+capgap.runtime.distributed starts a job's local ranks 1..N-1: they run the job rank 0 runs, however
 rank 0 was started (run.py, a multirun, submitit, a notebook)."""
 
 import sys
@@ -7,8 +7,8 @@ import warnings
 
 from omegaconf import OmegaConf
 
-from capgap import terminal
-from capgap.errors import CapgapError
+from capgap.runtime import terminal
+from capgap.runtime.errors import CapgapError
 from capgap.tasks import run_task
 
 

@@ -11,26 +11,27 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
-from capgap import distributed
+from capgap.runtime import distributed
 from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
 from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
-from capgap.budget import token_budget
-from capgap.law.sizes import parse_size
+from capgap.runtime.budget import token_budget
+from capgap.runtime.sizes import parse_size
 from capgap.models import teacher_name
 from capgap.models.zoo import load_tokenizer
-from capgap.pretraining import load_teacher
+from capgap.pretrain.teachers import load_teacher
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.run_id import config_hash, teacher_id
-from capgap.student import make_student, size_info
-from capgap.resume import claim
+from capgap.law.studies import config_hash
+from capgap.models.identity import teacher_id
+from capgap.prune.student import make_student, size_info
+from capgap.runtime.resume import claim
 from capgap.eval import harness
 from capgap.tasks.evaluate import benchmarks, check_benchmarks
 from capgap.tasks.prune import save_student, student_card
-from capgap import sharding, training
-from capgap.terminal import announce, report
+from capgap.runtime import sharding, training
+from capgap.runtime.terminal import announce, report
 
 
 def checkpoint_dir(cfg) -> Path:

@@ -7,16 +7,17 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from capgap.data.datamodule import CorpusDataModule
-from capgap.distributed import is_rank_zero
-from capgap.errors import CapgapError
+from capgap.runtime.distributed import is_rank_zero
+from capgap.runtime.errors import CapgapError
 from capgap.eval import harness
 from capgap.models import teacher_name
 from capgap.models.params import count_params
 from capgap.models.zoo import load_local_tokenizer, load_tokenizer
-from capgap.pretraining import load_teacher
+from capgap.pretrain.teachers import load_teacher
 from capgap.prune.slicing import PLAN_FILE, load_pruned
-from capgap.terminal import announce, report
-from capgap.training import evaluate, is_fsdp
+from capgap.runtime.terminal import announce, report
+from capgap.pretrain.lm_module import evaluate
+from capgap.runtime.training import is_fsdp
 
 
 def eval_data(cfg, tokenizer) -> CorpusDataModule:

@@ -2,9 +2,9 @@
 
 import time
 
-from capgap.errors import CapgapError
-from capgap.pretraining import pretrained_micro
-from capgap.terminal import report
+from capgap.runtime.errors import CapgapError
+from capgap.pretrain.teachers import pretrained_micro
+from capgap.runtime.terminal import report
 
 
 def run(cfg, run_dir) -> dict:

@@ -4,23 +4,23 @@ import time
 
 from hydra.utils import instantiate
 
-from capgap import distributed
-from capgap.errors import CapgapError
+from capgap.runtime import distributed
+from capgap.runtime.errors import CapgapError
 from capgap.models import teacher_name
 from capgap.models.zoo import load_tokenizer
-from capgap.pretraining import load_teacher
-from capgap.atomic import atomic_dir
+from capgap.pretrain.teachers import load_teacher
+from capgap.runtime.atomic import atomic_dir
 from capgap.eval import harness
-from capgap.model_card import Card, model_card
+from capgap.models.card import Card, model_card
 from capgap.models.adapters import adapter_for
 from capgap.models.remote_code import layer_widths
 from capgap.prune.slicing import is_uniform, save_pruned
-from capgap.run_id import config_hash
+from capgap.law.studies import config_hash
 from capgap.prune.summary import summary
-from capgap.student import make_student
+from capgap.prune.student import make_student
 from capgap.tasks.evaluate import eval_data
-from capgap.terminal import announce, report
-from capgap.training import evaluate
+from capgap.runtime.terminal import announce, report
+from capgap.pretrain.lm_module import evaluate
 
 
 def save_student(student, plan, tokenizer, folder, card: str | None = None, state_dict=None):
@@ -39,7 +39,7 @@ def save_student(student, plan, tokenizer, folder, card: str | None = None, stat
 
 
 def student_card(cfg, student, plan, metrics: dict) -> str:
-    """The model card of `student`, from the run's metrics (capgap.model_card)."""
+    """The model card of `student`, from the run's metrics (capgap.models.card)."""
     uniform = plan is None or is_uniform(plan, adapter_for(student))
     return model_card(Card(
         teacher=cfg.teacher.name, teacher_params=metrics["teacher_params"],

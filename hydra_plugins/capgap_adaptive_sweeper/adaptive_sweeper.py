@@ -15,7 +15,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 from .config import CapgapAdaptiveSweeperConf  # noqa: F401  registers the config
 
@@ -99,7 +99,7 @@ class CapgapAdaptiveSweeper(Sweeper):
 
     def _sweep(self, arguments: List[str]) -> Any:
         from capgap.law.adaptive import AdaptiveSearch, check_students
-        from capgap.law.sizes import parse_size
+        from capgap.runtime.sizes import parse_size
 
         swept, fixed = self._split(arguments)
         for key in (self.teacher_key, self.student_key):

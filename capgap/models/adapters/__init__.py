@@ -1,6 +1,6 @@
 """One adapter per architecture; `adapter_for` is the only place that looks at model_type."""
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 from .base import Adapter
 from .gpt2 import GPT2Adapter

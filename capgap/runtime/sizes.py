@@ -3,7 +3,7 @@
 import math
 import re
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 _SIZE = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*$", re.I)

@@ -5,7 +5,7 @@ eval:    peak memory of a held-out evaluation through the chunked head against t
          forward with labels (full-vocabulary logits of the batch).
 distill: tokens/s and MFU of the real DistillModule step under the Lightning Trainer (Lightning's
          ThroughputMonitor) against a plain PyTorch loop on the same models, batch and loss
-         (capgap.bench_distill).
+         (capgap.commands.bench_distill).
 
 For kd-loss and eval each variant runs in a fresh Python process, so neither inherits the other's allocations:
 on CUDA the peak is torch.cuda.max_memory_allocated; on CPU torch has no allocator
@@ -53,7 +53,7 @@ def parser():
     ev.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     ev.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
 
-    from capgap.bench_distill import add_parser
+    from capgap.commands.bench_distill import add_parser
     add_parser(sub)
 
     td = sub.add_parser("teacher-dtype", help="KD loss with the teacher in bf16 vs fp32, bf16 autocast")
@@ -75,10 +75,10 @@ def main(argv=None):
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
-        from capgap.errors import CapgapError
+        from capgap.runtime.errors import CapgapError
         raise CapgapError("--device cuda: no CUDA device is visible")
     if args.bench == "distill":
-        from capgap.bench_distill import run
+        from capgap.commands.bench_distill import run
 
         return run(args, _where(args, torch))
     if args.bench == "teacher-dtype":
@@ -94,7 +94,7 @@ def main(argv=None):
         report_eval(args, results, torch)
         return 0
     if args.chunk is None:
-        from capgap.distill.chunked import CHUNK_SIZE
+        from capgap.models.lm_loss import CHUNK_SIZE
         args.chunk = CHUNK_SIZE
     if args.tokens is None:
         args.tokens = 8 * 2048 if args.device == "cuda" else 2048
@@ -108,7 +108,7 @@ def main(argv=None):
 
 
 def run_child(argv, args, variant, pinned=()):
-    cmd = [sys.executable, "-m", "capgap.bench", *list(argv if argv is not None else sys.argv[1:]),
+    cmd = [sys.executable, "-m", "capgap.commands.bench", *list(argv if argv is not None else sys.argv[1:]),
            "--variant", variant, "--device", args.device, *pinned]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_root(), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -200,7 +200,7 @@ def measure_eval(args):
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from capgap.distill.chunked import lm_loss
+    from capgap.models.lm_loss import lm_loss
 
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -235,8 +235,9 @@ def teacher_dtype(args):
 
     from capgap.data.sources import local_documents
     from capgap.distill.chunked import chunked_kd_loss
-    from capgap.distill.losses import KDLoss, shift_labels
-    from capgap.errors import CapgapError
+    from capgap.distill.losses import KDLoss
+    from capgap.models.lm_loss import shift_labels
+    from capgap.runtime.errors import CapgapError
     from capgap.models.zoo import load_local
 
     dev = torch.device(args.device)

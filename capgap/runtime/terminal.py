@@ -12,7 +12,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from capgap.distributed import is_rank_zero
+from capgap.runtime.distributed import is_rank_zero
 
 log = logging.getLogger("capgap")
 

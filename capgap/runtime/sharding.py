@@ -38,7 +38,7 @@ def fsdp_strategy(**kw):
     Lightning's own, which would outlive the job)."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from capgap import distributed
+    from capgap.runtime import distributed
 
     world = distributed.current().world_size
     if world == 1:
@@ -68,7 +68,7 @@ def _shard_layers(model, mesh, **kw) -> None:
     kinds = tuple(decoder_layers())
     layers = [m for m in model.modules() if isinstance(m, kinds)]
     if not layers:
-        from capgap.errors import CapgapError
+        from capgap.runtime.errors import CapgapError
         raise CapgapError(f"trainer=fsdp shards GPT-2, GPT-NeoX and LLaMA decoder layers; "
                           f"{type(model).__name__} has none of them (use trainer=gpu)")
     for layer in layers:

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from capgap.errors import CapgapError
+from capgap.runtime.errors import CapgapError
 
 
 def _add_source(p: argparse.ArgumentParser, csv: bool = True):
@@ -91,7 +91,7 @@ def cmd_fit(args):
 
     model, curves = _model(args), _curves(args)
     if model == "distillation-scaling":
-        from capgap.atomic import write_json_atomic
+        from capgap.runtime.atomic import write_json_atomic
         from capgap.law.distillation import fit_distillation
 
         if args.holdout is not None:
@@ -130,7 +130,7 @@ HOLDOUTS = ("largest",)
 def _holdout(curves: dict, args):
     """--holdout largest: per curve, the law fitted without the largest student, its
     prediction for that student beside the teacher that measured best; holdout.json."""
-    from capgap.atomic import write_json_atomic
+    from capgap.runtime.atomic import write_json_atomic
     from capgap.law.holdout import holdout_largest
 
     if args.holdout not in HOLDOUTS:
@@ -153,7 +153,7 @@ def _linear_beside(points, args) -> str:
     import numpy as np
 
     from capgap.law.fit import fit
-    from capgap.law.sizes import format_size
+    from capgap.runtime.sizes import format_size
 
     budgets, counts = np.unique(points.tokens[np.isfinite(points.tokens)], return_counts=True)
     budget = max(zip(counts, budgets))[1]  # the most runs; of equals, the largest budget
@@ -171,7 +171,7 @@ def _linear_beside(points, args) -> str:
 def cmd_predict(args):
     from capgap.law.fit import fit
     from capgap.law.predict import describe, describe_distillation, load_zoo, predict, predict_distillation
-    from capgap.law.sizes import parse_size
+    from capgap.runtime.sizes import parse_size
 
     try:  # before any store is read: the flag, named
         parse_size(args.student)
@@ -220,7 +220,7 @@ def cmd_report(args):
 
 
 def _cell(value, fmt: str = "") -> str:
-    from capgap.law.sizes import format_size
+    from capgap.runtime.sizes import format_size
 
     if value is None:
         return "-"
@@ -271,7 +271,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="failed and skipped runs too")
     p.set_defaults(func=cmd_export)
 
-    # listed for --help; the arguments belong to capgap.bench and capgap.plan
+    # listed for --help; the arguments belong to capgap.commands.bench and capgap.commands.plan
     sub.add_parser("bench", help="benchmarks (capgap bench --help)", add_help=False)
     sub.add_parser("plan", help="a study's points, FLOPs and GPU-hours before it runs (capgap plan --help)",
                    add_help=False)
@@ -283,12 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["bench"]:
             try:
-                from capgap import bench  # imports torch: only when asked for
+                from capgap.commands import bench  # imports torch: only when asked for
             except ImportError as e:
                 raise CapgapError(f"capgap bench is unavailable here: {e}") from None
             return bench.main(argv[1:]) or 0
         if argv[:1] == ["plan"]:
-            from capgap import plan  # composes with Hydra: only when asked for
+            from capgap.commands import plan  # composes with Hydra: only when asked for
 
             return plan.main(argv[1:]) or 0
         args = parser().parse_args(argv)

@@ -12,15 +12,15 @@ from typing import NamedTuple
 import torch
 from omegaconf import OmegaConf
 
-from capgap import training
-from capgap.atomic import build_value
+from capgap.runtime import training
+from capgap.runtime.atomic import build_value
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
-from capgap import distributed
-from capgap.lm_module import CausalLMModule
+from capgap.runtime import distributed
+from capgap.pretrain.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
-from capgap.terminal import announce
+from capgap.runtime.terminal import announce
 
 METRICS = "pretrain_metrics.json"  # beside the model in its cache entry
 

@@ -1,5 +1,5 @@
 """The progress bar of every Trainer capgap builds: one bar per stage, titled by the stage
-(`capgap.terminal.announce`), counting to the stage's real end.
+(`capgap.runtime.terminal.announce`), counting to the stage's real end.
 
 Lightning's bars count batches per epoch and title them "Epoch 0" (Rich: "Epoch 0/-2" with
 max_epochs=-1); capgap trains to max_steps across epochs, so the bar counts optimizer steps
@@ -11,7 +11,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
-from capgap import terminal
+from capgap.runtime import terminal
 
 
 class StageBar(TQDMProgressBar):

@@ -1,6 +1,6 @@
 """Build a Lightning Trainer from config, fit with resume, and evaluate once at the end.
 
-Budgets are global tokens (capgap.budget): steps = tokens / tokens per optimizer step.
+Budgets are global tokens (capgap.runtime.budget): steps = tokens / tokens per optimizer step.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME  # meta.pt: a sha
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.strategies import DDPStrategy
 
-from capgap import distributed, sharding
-from capgap.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
+from capgap.runtime import distributed, sharding
+from capgap.runtime.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
                            uses_cuda, world_size)
-from capgap.errors import CapgapError
-from capgap.progress import StageBar
-from capgap.resume import AtomicCheckpointIO, RNGState
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.progress import StageBar
+from capgap.runtime.resume import AtomicCheckpointIO, RNGState
 
 CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
 # null in conf/trainer means Lightning's default; null rather than the default's value keeps
@@ -100,7 +100,7 @@ def device_for(trainer_cfg) -> torch.device:
 
 
 class RanksEnvironment(ClusterEnvironment):
-    """Tells Lightning the ranks capgap.distributed started (or srun, torchrun, each node did):
+    """Tells Lightning the ranks capgap.runtime.distributed started (or srun, torchrun, each node did):
     the processes exist already, so Lightning launches none, and uses the process group that
     is initialised. Lightning's own environments would each read one launcher's variables."""
 
@@ -170,7 +170,7 @@ def build_trainer(trainer_cfg, find_unused: bool = False, shard: bool = False, *
     the running job's ranks; a one-device config inside a job of several runs on this process
     alone (single_process). `find_unused`: a module some of whose parameters sit out some steps
     (progressive stages) under DDP. `shard`: a CausalLMModule's training, which trainer=fsdp
-    shards (capgap.sharding); the other passes (scoring, evaluation alone) keep each rank's
+    shards (capgap.runtime.sharding); the other passes (scoring, evaluation alone) keep each rank's
     model whole under DDP."""
     kwargs = {k: v for k, v in trainer_cfg.items()
               if k not in CAPGAP_KEYS and not (k in NULL_IS_DEFAULT and v is None)}
@@ -194,7 +194,7 @@ def build_trainer(trainer_cfg, find_unused: bool = False, shard: bool = False, *
             # buffers (rotary frequencies, causal masks) never change: broadcasting them before
             # each forward is a collective that a rank with one evaluation batch fewer never joins
             kwargs["strategy"] = DDPStrategy(forward_sync_buffers=False, find_unused_parameters=find_unused)
-    if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.progress)
+    if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.runtime.progress)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StageBar()]
     return instantiate(kwargs)
 
@@ -256,11 +256,3 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     return trainer, {k: float(v) for k, v in results.items()}
 
-
-def evaluate(model, datamodule, trainer_cfg) -> dict:
-    """Held-out loss and perplexity of `model` over the datamodule's validation blocks."""
-    from capgap.lm_module import CausalLMModule  # the loop module imports nothing of ours back
-
-    trainer = build_trainer(trainer_cfg, logger=False, enable_checkpointing=False)
-    res = trainer.validate(CausalLMModule(model), datamodule=datamodule, verbose=False)[0]
-    return {"val_loss": float(res["val/loss"]), "val_ppl": float(res["val/ppl"])}

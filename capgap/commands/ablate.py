@@ -1,6 +1,6 @@
 """Ablations of the large-to-small strategies on the micro family, written to docs/ablations.md.
 
-    python -m capgap.ablate [--teacher micro_m --student 400K --tokens 200000 --out docs/ablations.md]
+    python -m capgap.commands.ablate [--teacher micro_m --student 400K --tokens 200000 --out docs/ablations.md]
 
 Every variant distills the same pruned student (or, for `scratch`, a fresh one of the same
 size) from the same teacher on the same number of training tokens; each row is one
@@ -54,7 +54,7 @@ def run_variant(args, overrides: list[str], run_dir: Path) -> tuple[dict | None,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m capgap.ablate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m capgap.commands.ablate", description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default="micro_m")
     p.add_argument("--student", default="400K")
     p.add_argument("--tokens", type=int, default=200_000)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         f"Teacher `{args.teacher}`, student `{args.student}` parameters, {args.tokens:,} training tokens "
         "per variant, seed 0, one run each. Held-out loss on the embedded corpus's validation split "
         "(lower is better); Δ is against the paper's loss. Written by "
-        f"`python -m capgap.ablate --teacher {args.teacher} --student {args.student} --tokens {args.tokens}`.",
+        f"`python -m capgap.commands.ablate --teacher {args.teacher} --student {args.student} --tokens {args.tokens}`.",
         "",
         "| variant | held-out loss | Δ vs paper | helps? | student params | wall s | command |",
         "|---|---:|---:|---|---:|---:|---|",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from capgap.confdir import conf_dir
-from capgap.errors import CapgapError
+from capgap.runtime.confdir import conf_dir
+from capgap.runtime.errors import CapgapError
 from capgap.models import teacher_name
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -65,8 +65,8 @@ def grid(overrides: list[str]) -> list[list[str]]:
 
 def point_cost(cfg) -> dict:
     """Sizes, tokens and FLOPs of one composed job, from the config alone."""
-    from capgap import budget as training
-    from capgap.law.sizes import parse_size
+    from capgap.runtime import budget as training
+    from capgap.runtime.sizes import parse_size
 
     t = int(cfg.teacher.params)
     size = cfg.student.get("size")
@@ -105,7 +105,7 @@ def plan(overrides: list[str]) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from capgap.law.sizes import format_size
+    from capgap.runtime.sizes import format_size
 
     args = parser().parse_args(argv)
     if not 0 < args.mfu <= 1 or args.peak_tflops <= 0:

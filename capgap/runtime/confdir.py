@@ -3,12 +3,12 @@ capgap/conf inside an installed wheel (pyproject.toml ships it there)."""
 
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parents[1]  # capgap/, above runtime/
 
 
 def conf_dir() -> Path:
     # the wheel's own copy first: beside site-packages/capgap there may be anything
-    for candidate in (_HERE / "conf", _HERE.parent / "conf"):
+    for candidate in (_PKG / "conf", _PKG.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return candidate
-    raise FileNotFoundError(f"capgap's conf/ is neither in {_HERE} nor beside it: reinstall capgap")
+    raise FileNotFoundError(f"capgap's conf/ is neither in {_PKG} nor beside it: reinstall capgap")

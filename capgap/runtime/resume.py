@@ -18,8 +18,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback
 
-from capgap.atomic import atomic_file
-from capgap.errors import CapgapError
+from capgap.runtime.atomic import atomic_file
+from capgap.runtime.errors import CapgapError
 
 
 class RNGState(Callback):
@@ -56,7 +56,7 @@ class RNGState(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written beside their path and renamed over it (capgap.atomic): a job killed
+    """Checkpoints written beside their path and renamed over it (capgap.runtime.atomic): a job killed
     while saving leaves the previous last.ckpt whole. Lightning's own save goes through a temp
     file in $TMPDIR, which on a cluster is often another filesystem (then a copy, not a rename)."""
 

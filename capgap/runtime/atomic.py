@@ -209,7 +209,7 @@ def build_once(folder: str | Path, build: Callable[[Path], None]) -> bool:
     is renamed into place. Jobs that wait for the lock reuse what the first one built. A
     corrupt entry (a file truncated or changed since) is reported in one line and rebuilt.
     Returns whether this call built it. Under several ranks, rank 0 calls it first
-    (capgap.distributed.Job.zero_first) or the build is collective (build_value_collective).
+    (capgap.runtime.distributed.Job.zero_first) or the build is collective (build_value_collective).
     """
     folder = Path(folder)
     if entry_problem(folder) is None:
@@ -240,7 +240,7 @@ def build_value(folder: str | Path, make: Callable[[], T], save: Callable[[T, Pa
 
 def build_value_collective(folder: str | Path, make: Callable[[], T], save: Callable[[T, Path], None],
                            load: Callable[[Path], T], job) -> tuple[T, bool]:
-    """build_value where make() is a collective every rank of `job` (capgap.distributed.Job)
+    """build_value where make() is a collective every rank of `job` (capgap.runtime.distributed.Job)
     joins, and whose result every rank gets. Rank 0 holds the entry's lock while it decides
     whether to build, so no other job can publish between its decision and the ranks'
     collective; only rank 0 writes, and the others get the value from it."""

@@ -1,6 +1,6 @@
 """Hydra's callbacks (conf/config.yaml hydra.callbacks). Hydra instantiates them before the
 first job of every run and multirun, so this module imports nothing heavy at import time:
-importing Lightning here (capgap.callbacks has the Lightning ones) cost each `run.py -m`
+importing Lightning here (capgap.law.store_callback has the Lightning ones) cost each `run.py -m`
 about 17 s before anything started."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ class FitLawOnMultirunEnd(Callback):
     configs that cannot be pooled) says why in one line."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from capgap import distributed
-        from capgap.errors import CapgapError
+        from capgap.runtime import distributed
+        from capgap.runtime.errors import CapgapError
         from capgap.law import store as law_store
         from capgap.law.plots import save_plots
         from capgap.law.studies import DEFAULT

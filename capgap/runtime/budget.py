@@ -11,8 +11,8 @@ import os
 
 from omegaconf import open_dict
 
-from capgap.errors import CapgapError
-from capgap.law.sizes import parse_size
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.sizes import parse_size
 
 
 def _cuda_count() -> int:

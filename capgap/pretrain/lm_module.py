@@ -11,9 +11,10 @@ import torch
 from torchmetrics import MeanMetric
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from capgap import sharding
-from capgap.distill.chunked import CHUNK_SIZE, lm_loss
-from capgap.errors import CapgapError
+from capgap.models.lm_loss import CHUNK_SIZE, lm_loss
+from capgap.runtime import sharding
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.training import build_trainer
 
 
 class NonFiniteLoss(CapgapError):
@@ -34,7 +35,7 @@ class CausalLMModule(L.LightningModule):
         # checked only every log_every steps: a per-step .item() would sync the GPU each step
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
         # FLOPs of one training micro-batch, read by Lightning's ThroughputMonitor for MFU;
-        # set by whoever knows the batch shape (capgap.training.fit)
+        # set by whoever knows the batch shape (capgap.runtime.training.fit)
         self.flops_per_batch = None
 
     def synced(self) -> bool:
@@ -117,3 +118,10 @@ class CausalLMModule(L.LightningModule):
     def extra_parameters(self):
         """Trainable parameters outside the model (DistillModule's projections)."""
         return []
+
+
+def evaluate(model, datamodule, trainer_cfg) -> dict:
+    """Held-out loss and perplexity of `model` over the datamodule's validation blocks."""
+    trainer = build_trainer(trainer_cfg, logger=False, enable_checkpointing=False)
+    res = trainer.validate(CausalLMModule(model), datamodule=datamodule, verbose=False)[0]
+    return {"val_loss": float(res["val/loss"]), "val_ppl": float(res["val/ppl"])}

@@ -1,5 +1,5 @@
 """The Lightning callback that connects a run to the law: one row per finished run in the
-store. The fit of the law when a multirun ends is Hydra's callback, in capgap.hydra_callbacks."""
+store. The fit of the law when a multirun ends is Hydra's callback, in capgap.law.multirun_fit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from capgap import distributed
-from capgap.terminal import announce
+from capgap.runtime import distributed
+from capgap.runtime.terminal import announce
 
 
 def git_commit() -> str | None:

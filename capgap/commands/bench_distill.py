@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from capgap.confdir import conf_dir
+from capgap.runtime.confdir import conf_dir
 
 
 def add_parser(sub):
@@ -38,10 +38,10 @@ def build_pair(teacher_name: str, student_size: str):
     import torch
     from omegaconf import OmegaConf
 
-    from capgap.errors import CapgapError
-    from capgap.law.sizes import parse_size
+    from capgap.runtime.errors import CapgapError
+    from capgap.runtime.sizes import parse_size
     from capgap.models.zoo import build_from_config
-    from capgap.scratch import scratch_config
+    from capgap.models.scratch import scratch_config
 
     path = conf_dir() / "teacher" / f"{teacher_name}.yaml"
     if not path.is_file():
@@ -66,7 +66,7 @@ def defaults(args, cuda: bool):
 
 
 def run(args, where: str) -> int:
-    """args.device is resolved and checked (capgap.bench.main); `where` names it in the report."""
+    """args.device is resolved and checked (capgap.commands.bench.main); `where` names it in the report."""
     import torch
 
     defaults(args, args.device == "cuda")
@@ -82,7 +82,7 @@ def run(args, where: str) -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if peak is None and args.device == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
-        from capgap.training import precision_dtype
+        from capgap.runtime.training import precision_dtype
 
         peak = get_available_flops(torch.device("cuda"), precision_dtype(args.precision) or torch.float32)
     init = copy.deepcopy(student.state_dict())
@@ -106,7 +106,7 @@ def lightning_loop(args, teacher, student, batches) -> float:
     import lightning as L
     from lightning.pytorch.loggers import Logger
 
-    from capgap.training import throughput_monitor
+    from capgap.runtime.training import throughput_monitor
 
     class Capture(Logger):  # the monitor logs through the trainer's logger: keep its last figures
         name, version, last = "capture", 0, {}
@@ -137,7 +137,7 @@ def plain_loop(args, teacher, student, batches) -> float:
     """The same step written by hand: forward, chunked KD + CE, backward, clip, AdamW, schedule."""
     import torch
 
-    from capgap.training import autocast_for, precision_dtype
+    from capgap.runtime.training import autocast_for, precision_dtype
 
     dev = torch.device(args.device)
     module = _module(args, teacher, student, len(batches))  # for its optimiser groups and loss only
@@ -167,7 +167,7 @@ def plain_loop(args, teacher, student, batches) -> float:
 
 
 def report(args, where, n_s, n_t, flops, best, peak, torch):
-    from capgap.law.sizes import format_size
+    from capgap.runtime.sizes import format_size
 
     print(f"capgap bench distill: teacher {args.teacher} ({format_size(n_t)}), scratch student "
           f"{format_size(n_s)}, random weights; micro-batch {args.batch} x {args.block}, {args.precision}")

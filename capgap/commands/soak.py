@@ -1,8 +1,8 @@
 """Kill -9 soak: a micro study sweep whose jobs are SIGKILLed at random moments and rerun until
 the sweep completes, then checked against the same sweep run undisturbed.
 
-    python -m capgap.soak                      # 6 points, >= 10 kills, a few minutes on 2 cores
-    python -m capgap.soak --kills 20 --jobs 3
+    python -m capgap.commands.soak                      # 6 points, >= 10 kills, a few minutes on 2 cores
+    python -m capgap.commands.soak --kills 20 --jobs 3
 
 Each point is one `python run.py` job, as a cluster array runs them (`--jobs` at a time).
 Kills aim in turn at tokenizing, pretraining, scoring, distilling and finishing (after the
@@ -78,8 +78,10 @@ def points() -> list[tuple[str, str]]:
 
 
 def command(teacher: str, size: str, store: Path, run_dir: Path) -> list[str]:
+    # hydra.run.dir, not paths.run_dir: Hydra's own files (.hydra/, run.log) go there too, and
+    # not into outputs/ of the checkout the jobs start in
     return [sys.executable, "run.py", *COMMON, f"teacher={teacher}", f"student.size={size}",
-            f"store.url={store}", f"paths.run_dir={run_dir}"]
+            f"store.url={store}", f"hydra.run.dir={run_dir}"]
 
 
 def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, deadline: float,
@@ -145,8 +147,8 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
 
 
 def check(work: Path, cache: Path, outcome: dict) -> dict:
-    from capgap.atomic import LOCKS, entry_problem, is_temp
-    from capgap.errors import CapgapError
+    from capgap.runtime.atomic import LOCKS, entry_problem, is_temp
+    from capgap.runtime.errors import CapgapError
     from capgap.law.fit import fit, points_from_rows
     from capgap.law.store import Store
 
@@ -184,7 +186,7 @@ def check(work: Path, cache: Path, outcome: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m capgap.soak", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m capgap.commands.soak", description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10, help="SIGKILLs to deliver (default 10)")
     ap.add_argument("--jobs", type=int, default=2, help="jobs running at once (default 2)")
     ap.add_argument("--seed", type=int, default=None, help="seed of the kill schedule (default: random)")

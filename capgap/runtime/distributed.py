@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from capgap.budget import devices_per_node, uses_cuda
-from capgap.errors import CapgapError
+from capgap.runtime.budget import devices_per_node, uses_cuda
+from capgap.runtime.errors import CapgapError
 
 # collectives wait this long for a rank that is building what they need (a teacher's
 # pretraining, a tokenized corpus); a rank that died is found by the watchdog, not by this
