@@ -5,15 +5,13 @@
 """
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from capgap.runtime.errors import CapgapError
 from capgap.models import teacher_name
-
-CONF = Path(__file__).parent / "conf"
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.schema import check_overrides
 
 
 def run_name(teacher: str, path: str | None = None, *more) -> str:
@@ -24,22 +22,6 @@ def run_name(teacher: str, path: str | None = None, *more) -> str:
 
 
 OmegaConf.register_new_resolver("capgap_name", run_name, replace=True)
-
-
-def check_group_choices(argv: list[str]) -> None:
-    """One line for an unknown option of a config group (Hydra prints twenty), checked
-    before Hydra starts so that a multirun fails before its first job."""
-    for arg in argv:
-        key, sep, value = arg.lstrip("+").partition("=")
-        group = CONF / key
-        if not sep or not group.is_dir() or any(c in value for c in "()[]{}*"):
-            continue
-        known = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in value.split(","):
-            if choice and choice not in known:
-                print(f"capgap: error: {key}={choice} is not a known {key}; choose one of: "
-                      f"{', '.join(known)}", file=sys.stderr)
-                sys.exit(CapgapError.exit_code)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -58,5 +40,9 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
+    try:
+        check_overrides(sys.argv[1:])
+    except CapgapError as e:
+        print(f"capgap: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     main()

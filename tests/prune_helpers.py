@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from capgap.data.blocks import IGNORE
 from capgap.models.adapters import adapter_for
 from capgap.prune.masks import Masks, applied
 from capgap.prune.pruner_module import PrunerModule
-
-from capgap.data.blocks import IGNORE
 
 
 def batches(n, b=2, t=16, vocab=96, seed=0):

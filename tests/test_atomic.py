@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from capgap.runtime.atomic import MARKER, build_once, build_value, build_value_collective, entry_problem, is_temp, sweep_stale, write_atomic
+from capgap.runtime.atomic import (
+    MARKER,
+    build_once,
+    build_value,
+    build_value_collective,
+    entry_problem,
+    is_temp,
+    sweep_stale,
+    write_atomic,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

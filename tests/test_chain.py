@@ -3,13 +3,13 @@ shrink along the chain, the store row is against the real teacher; auto sizes at
 
 import pytest
 from omegaconf import OmegaConf
+from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 from capgap.distill import chain as chain_mod
 from capgap.distill.module import DistillModule
-from capgap.runtime.errors import CapgapError
 from capgap.law.store import Store
+from capgap.runtime.errors import CapgapError
 from capgap.tasks import run_task
-from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 
 def test_chain_hands_each_distilled_model_to_the_next_stage(tiny_setup, tmp_path, monkeypatch):

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from conftest import tiny_gpt_neox
 from torch import nn
 
-from capgap.distill.chunked import chunked_kd_loss
 from capgap.data.blocks import IGNORE
+from capgap.distill.chunked import chunked_kd_loss
 from capgap.distill.losses import DIVERGENCES, get_kd_loss
 from capgap.models.lm_loss import shift_labels
-from conftest import tiny_gpt_neox
 
 B, L, HS, HT, V = 3, 11, 8, 12, 37
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from capgap.models.params import count_params
 from capgap.models.zoo import build_from_config
-from capgap.runtime.training import build_trainer
+from capgap.runtime.training import build_trainer, make_logger
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -106,7 +106,7 @@ def test_option_composes_and_instantiates(group, option, default_choices, tmp_pa
                 continue
             build_trainer(node, logger=False, default_root_dir=str(tmp_path))
         elif path == "logger":
-            instantiate(node, save_dir=str(tmp_path))
+            make_logger(node, tmp_path)
         else:
             instantiate(node)
 

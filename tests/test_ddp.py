@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_gpt_neox
 from omegaconf import OmegaConf
 
-from capgap.runtime.atomic import is_temp
 from capgap.data.bpe import train_bpe
 from capgap.law.store import Store
-from conftest import tiny_gpt_neox
+from capgap.runtime.atomic import is_temp
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "ddp_scripts"
@@ -268,9 +268,10 @@ def test_a_micro_teacher_pretrained_under_two_processes_is_the_one_process_teach
 def test_a_killed_two_process_run_resumes_exactly_past_a_pass_of_the_corpus(setup, tmp_path):
     """SIGKILL (rank 0 and its child) after a checkpoint taken past the first pass over the
     training blocks; the rerun ends with the uninterrupted run's student."""
+    from transformers import AutoTokenizer
+
     from capgap.data.datamodule import CorpusDataModule
     from capgap.prune.slicing import load_pruned
-    from transformers import AutoTokenizer
 
     # the first 20 documents: under 400 training blocks, less than 100 steps of 4 blocks
     corpus = tmp_path / "small.jsonl"

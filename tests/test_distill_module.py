@@ -3,14 +3,14 @@ and out of checkpoints and optimiser, the CE baseline never runs the teacher."""
 
 import pytest
 import torch
-
-from capgap.distill.intermediate import AttentionKL, HiddenStateMSE, attention_kl, layer_map
-from capgap.data.blocks import IGNORE
-from capgap.distill.losses import KDLoss
-from capgap.models.lm_loss import shift_labels
-from capgap.distill.module import DistillModule
-from capgap.runtime.errors import CapgapError
 from conftest import TINY, VOCAB
+
+from capgap.data.blocks import IGNORE
+from capgap.distill.intermediate import AttentionKL, HiddenStateMSE, attention_kl, layer_map
+from capgap.distill.losses import KDLoss
+from capgap.distill.module import DistillModule
+from capgap.models.lm_loss import shift_labels
+from capgap.runtime.errors import CapgapError
 
 # a narrower student of the same family, as pruning makes
 SMALL = {"gpt_neox": dict(hidden_size=16, num_attention_heads=2, intermediate_size=48),

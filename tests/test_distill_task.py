@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_gpt_neox
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from capgap.data.bpe import train_bpe
 from capgap.distill.module import DistillModule
-from capgap.runtime.errors import CapgapError
 from capgap.prune.slicing import load_pruned
+from capgap.runtime.errors import CapgapError
 from capgap.tasks import run_task
-from conftest import tiny_gpt_neox
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "the", "and", "of"]

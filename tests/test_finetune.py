@@ -4,11 +4,11 @@ its own checkpoint and log folders, and val_loss before/after in metrics.json.""
 import json
 
 import pytest
+from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 import capgap.tasks.distill as distill_task
 from capgap.pretrain.lm_module import CausalLMModule
 from capgap.tasks import run_task
-from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 
 def test_finetune_stage_trains_with_ce_only_at_the_scaled_lr(tiny_setup, tmp_path, monkeypatch):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_ddp import setup  # noqa: F401  (a local corpus and a tiny GPT-NeoX teacher saved with its BPE)
 
 from capgap.data.rank_share import EvenBatches
-from test_ddp import setup  # noqa: F401  (a local corpus and a tiny GPT-NeoX teacher saved with its BPE)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "ddp_scripts"
@@ -92,10 +92,11 @@ def test_sharded_teacher_and_student_train_clip_validate_and_save_whole(setup, u
     assert logged == pytest.approx(ranks[0]["pre_clip"], rel=1e-5)
 
     # the student, saved whole by rank 0, loads and gives the held-out loss the job reported
+    from transformers import AutoTokenizer
+
     from capgap.data.datamodule import CorpusDataModule
     from capgap.models.lm_loss import lm_loss
     from capgap.prune.slicing import load_pruned
-    from transformers import AutoTokenizer
 
     student = load_pruned(work / "run" / "student").eval()
     assert sum(p.numel() for p in student.parameters()) == m["student_params"]
@@ -143,9 +144,10 @@ def test_a_sharded_job_killed_after_a_checkpoint_resumes_to_the_uninterrupted_fi
 def test_a_tied_embedding_teacher_and_student_shard_and_the_student_saves_whole(setup, tmp_path):
     """LLaMA with tied embeddings (as SmolLM2): the teacher's tied head stays whole, the student's
     shares one sharded weight in its root unit and is saved as a stock HF folder (no plan)."""
-    from capgap.prune.slicing import load_pruned
     from conftest import tiny_llama
     from transformers import AutoTokenizer
+
+    from capgap.prune.slicing import load_pruned
 
     tok = AutoTokenizer.from_pretrained(setup / "teacher")
     torch.manual_seed(0)

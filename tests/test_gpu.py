@@ -41,9 +41,9 @@ def test_eval_at_16x2048_is_at_most_a_quarter_of_the_naive_peak(capsys):
 def test_fsdp_distills_with_a_sharded_teacher(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import tiny_llama
+    from omegaconf import OmegaConf
 
     from capgap.data.bpe import train_bpe
-    from omegaconf import OmegaConf
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": f"doc {i} " + "alpha beta gamma " * 30}) for i in range(60)))

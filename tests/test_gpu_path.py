@@ -10,19 +10,19 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TINY, tiny_gpt_neox
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from capgap.commands import plan
-from capgap.runtime import budget
-from capgap.models.lm_loss import lm_loss
 from capgap.distill.module import DistillModule
+from capgap.models.lm_loss import lm_loss
+from capgap.runtime import budget
 from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import parse_size
-from capgap.tasks import run_task
 from capgap.runtime.training import check_trainer
-from conftest import TINY, tiny_gpt_neox
+from capgap.tasks import run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 

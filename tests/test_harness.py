@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from law_data import law_rows
 from tiny_checkpoint import make_checkpoint, write_corpus
 
@@ -43,12 +42,13 @@ def test_figures_are_flat_and_carry_their_direction():
 @pytest.fixture(scope="module")
 def students(tmp_path_factory):
     """A tiny teacher's uniform and non-uniform (globally ranked) students, saved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from capgap.models.adapters import adapter_for
     from capgap.prune.planner import make_plan
     from capgap.prune.scores import random_scores
     from capgap.prune.slicing import is_uniform, slice_model
     from capgap.tasks.prune import save_student
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("harness")
     folder = make_checkpoint(root / "teacher", hidden=48)

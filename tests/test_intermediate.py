@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_gpt_neox, tiny_llama
 
 from capgap.distill.intermediate import HiddenStateMSE, attention_kl, layer_map
 from capgap.runtime.errors import CapgapError
-from conftest import tiny_gpt_neox, tiny_llama
 
 B, L, HS, HT = 2, 5, 3, 4
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.adaptive import AdaptiveSearch
+from capgap.runtime.errors import CapgapError
 
 ROOT = Path(__file__).parents[1]
 ZOO = [70e6, 124e6, 160e6, 355e6, 410e6, 774e6, 1.0e9, 1.4e9, 2.8e9, 6.9e9, 12e9]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from capgap.commands.cli import main
-from capgap.runtime.errors import CapgapError
 from capgap.law.distillation import fit_distillation, predict_loss
 from capgap.law.points import Points, points_from_rows
+from capgap.runtime.errors import CapgapError
 
 # constants chosen so that some students show the capacity gap inside the teachers measured
 TRUE = {"E": 1.7, "A": 300.0, "B": 900.0, "alpha": 0.35, "beta": 0.3, "c0": 2.0, "c1": 1.2,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from law_data import law_rows
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.fit import PAPER, fit, optimum, points_from_rows, read_csv
+from capgap.runtime.errors import CapgapError
 
 
 @pytest.mark.parametrize("a,b", [(2.5, -10e6), (4.0, 5e6)])

@@ -52,8 +52,9 @@ def test_seed_spread_is_drawn_as_error_bars(tmp_path):
 def test_each_students_fitted_curve_follows_skewed_points():
     """On skewed curves the dotted model is the fitted skew+cubic curve of each student,
     drawn over its points: it passes close to them and is lopsided as they are."""
-    from capgap.law.fit import read_csv
     from test_law_calibration import MISSPECIFIED
+
+    from capgap.law.fit import read_csv
 
     result = fit(read_csv(MISSPECIFIED), n_boot=20)
     assert result.shape == "skew+cubic"

@@ -3,9 +3,9 @@
 import pytest
 from law_data import law_rows
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.fit import fit, points_from_rows
 from capgap.law.predict import load_zoo, parse_size, predict
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size
 
 

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import Index, MetaData, Table, create_engine, text
 
-from capgap.runtime.errors import CapgapError
 from capgap.law import store as store_module
 from capgap.law.store import Store, default_url, runs
+from capgap.runtime.errors import CapgapError
 
 
 def done_row(i, **kw):

@@ -3,11 +3,11 @@
 import lightning as L
 import pytest
 import torch
+from conftest import VOCAB, tiny_gpt_neox
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from capgap.pretrain.lm_module import CausalLMModule
-from conftest import VOCAB, tiny_gpt_neox
 
 
 class Capture(Logger):

@@ -7,17 +7,16 @@ import csv
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
+from conftest import VOCAB, tiny_gpt_neox
 from omegaconf import OmegaConf
+from test_study import config
+from torch.utils.data import DataLoader
 
 from capgap.data.blocks import IGNORE
 from capgap.distill import progressive as prog
 from capgap.distill.module import DistillModule
 from capgap.runtime.errors import CapgapError
 from capgap.tasks import run_task
-from conftest import VOCAB, tiny_gpt_neox
-from test_study import config
 
 
 def test_schedule_equal_shares_and_fractions():

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from prune_helpers import logits, masked
 
 from capgap.models.adapters import adapter_for
 from capgap.prune.masks import Masks, applied
 from capgap.prune.planner import make_plan
 from capgap.prune.scores import random_scores
 from capgap.prune.slicing import slice_model
-from prune_helpers import logits, masked
 
 X = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from capgap.runtime.errors import CapgapError
+from capgap.models.adapters import adapter_for
 from capgap.models.params import count_params
 from capgap.models.zoo import build_from_config
 from capgap.prune.planner import SlicedCount, make_plan
 from capgap.prune.scores import random_scores
 from capgap.prune.slicing import is_uniform, slice_model
-from capgap.models.adapters import adapter_for
+from capgap.runtime.errors import CapgapError
 
 TEACHERS = Path(__file__).resolve().parents[1] / "conf" / "teacher"
 HUB_ZOO = sorted(p.stem for p in TEACHERS.glob("*.yaml") if not p.stem.startswith("micro_"))

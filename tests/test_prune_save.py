@@ -5,16 +5,16 @@ import copy
 
 import pytest
 import torch
+from prune_helpers import logits
 from transformers import AutoModelForCausalLM
 
-from capgap.runtime.errors import CapgapError
+from capgap.models.adapters import adapter_for
 from capgap.prune import load_pruned
 from capgap.prune.planner import make_plan
 from capgap.prune.scores import random_scores
 from capgap.prune.slicing import PLAN_FILE, is_uniform, save_pruned, slice_model
 from capgap.prune.summary import summary
-from capgap.models.adapters import adapter_for
-from prune_helpers import logits
+from capgap.runtime.errors import CapgapError
 
 X = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(2))
 

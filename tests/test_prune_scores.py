@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from prune_helpers import batches, score
 from torch.func import functional_call
 
-from capgap.runtime.errors import CapgapError
 from capgap.prune.scores import baseline_scores, block_influence, magnitude_scores
-from prune_helpers import batches, score
+from capgap.runtime.errors import CapgapError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -127,8 +127,9 @@ def test_sequential_gpt_neox_scores_equal_minima_formulation():
 @pytest.fixture(scope="module")
 def local_teacher(tmp_path_factory):
     """A small local corpus and a tiny GPT-NeoX teacher saved with its BPE."""
-    from capgap.data.bpe import train_bpe
     from conftest import tiny_gpt_neox
+
+    from capgap.data.bpe import train_bpe
     root = tmp_path_factory.mktemp("scores")
     g = torch.Generator().manual_seed(0)
     words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "the", "and", "of"]

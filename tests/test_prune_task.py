@@ -4,9 +4,9 @@ TensorBoard files), and its layer table beside the student whatever the logger."
 import csv
 
 import pytest
+from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 from capgap.tasks import run_task
-from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard"])

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from test_distill_task import local_teacher
 
 from capgap.distill.module import DistillModule
-from capgap.runtime.errors import CapgapError
 from capgap.prune.slicing import load_pruned
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.resume import claim
 from capgap.tasks import run_task
-from test_distill_task import local_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "the", "and", "of"]

@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("llm
 
 
 def test_smollm2_prunes_to_60m_reloads_and_generates(tmp_path):
-    from capgap.prune import load_pruned
-    from capgap.models.params import count_params
     from transformers import AutoTokenizer
+
+    from capgap.models.params import count_params
+    from capgap.prune import load_pruned
 
     run_dir = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -1,10 +1,10 @@
 """student=scratch student.arch=llama: a LLaMA-style student of a GPT-NeoX teacher sharing its
 tokenizer, distilled through task=distill and saved as a stock HF folder."""
 
+from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 from transformers import AutoModelForCausalLM
 
 from capgap.tasks import run_task
-from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 
 def test_llama_student_of_a_gpt_neox_teacher(tiny_setup, tmp_path):

@@ -10,8 +10,8 @@ from law_data import law_rows, with_config
 from tiny_checkpoint import make_checkpoint, write_corpus
 
 from capgap.law.multirun_fit import FitLawOnMultirunEnd
-from capgap.runtime.errors import CapgapError
 from capgap.law.store import Store
+from capgap.runtime.errors import CapgapError
 from capgap.tasks import run_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

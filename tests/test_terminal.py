@@ -10,8 +10,9 @@ import sys
 import warnings
 from collections import Counter
 
-from capgap.runtime import terminal
 from test_distill_task import ROOT, cli, tiny_setup  # noqa: F401  (fixture)
+
+from capgap.runtime import terminal
 
 CONTROL = re.compile(r"(\x1b\[[0-9;]*[A-Za-z]|\r|\n)")
 BAR = re.compile(r"^([\w -]+): .*\|.*\d+/[\d?]+ \[")

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VOCAB, tiny_gpt_neox
+from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 import capgap.data.transfer as transfer
-from capgap.distill.hard import HardExamples, hardest, sequence_ce
 from capgap.data.blocks import IGNORE
+from capgap.distill.hard import HardExamples, hardest, sequence_ce
 from capgap.distill.losses import KDLoss
 from capgap.distill.module import DistillModule
 from capgap.tasks import run_task
-from conftest import VOCAB, tiny_gpt_neox
-from test_distill_task import config, tiny_setup  # noqa: F401  (fixture)
 
 
 def blocks(n=10, length=12, seed=0):

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from tiny_checkpoint import make_checkpoint
 
+from capgap.models import zoo
 from capgap.runtime.atomic import entry_problem
 from capgap.runtime.errors import CapgapError
-from capgap.models import zoo
 
 CFG = SimpleNamespace(name="smollm2_135m", gguf_file=None)
 

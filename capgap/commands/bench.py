@@ -237,8 +237,8 @@ def teacher_dtype(args):
     from capgap.distill.chunked import chunked_kd_loss
     from capgap.distill.losses import KDLoss
     from capgap.models.lm_loss import shift_labels
-    from capgap.runtime.errors import CapgapError
     from capgap.models.zoo import load_local
+    from capgap.runtime.errors import CapgapError
 
     dev = torch.device(args.device)
     teacher, tok = load_local(args.teacher_path, key="--teacher-path")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+
 from capgap.runtime.confdir import conf_dir
 
 
@@ -38,10 +39,10 @@ def build_pair(teacher_name: str, student_size: str):
     import torch
     from omegaconf import OmegaConf
 
+    from capgap.models.scratch import scratch_config
+    from capgap.models.zoo import build_from_config
     from capgap.runtime.errors import CapgapError
     from capgap.runtime.sizes import parse_size
-    from capgap.models.zoo import build_from_config
-    from capgap.models.scratch import scratch_config
 
     path = conf_dir() / "teacher" / f"{teacher_name}.yaml"
     if not path.is_file():
@@ -82,6 +83,7 @@ def run(args, where: str) -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if peak is None and args.device == "cuda":
         from lightning.fabric.utilities.throughput import get_available_flops
+
         from capgap.runtime.training import precision_dtype
 
         peak = get_available_flops(torch.device("cuda"), precision_dtype(args.precision) or torch.float32)

@@ -91,8 +91,8 @@ def cmd_fit(args):
 
     model, curves = _model(args), _curves(args)
     if model == "distillation-scaling":
-        from capgap.runtime.atomic import write_json_atomic
         from capgap.law.distillation import fit_distillation
+        from capgap.runtime.atomic import write_json_atomic
 
         if args.holdout is not None:
             raise CapgapError("--holdout checks the capacity-gap law; drop --model distillation-scaling")
@@ -130,8 +130,8 @@ HOLDOUTS = ("largest",)
 def _holdout(curves: dict, args):
     """--holdout largest: per curve, the law fitted without the largest student, its
     prediction for that student beside the teacher that measured best; holdout.json."""
-    from capgap.runtime.atomic import write_json_atomic
     from capgap.law.holdout import holdout_largest
+    from capgap.runtime.atomic import write_json_atomic
 
     if args.holdout not in HOLDOUTS:
         raise CapgapError(f"--holdout {args.holdout}: choose one of {', '.join(HOLDOUTS)}")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import itertools
 
+from capgap.models import teacher_name
 from capgap.runtime.confdir import conf_dir
 from capgap.runtime.errors import CapgapError
-from capgap.models import teacher_name
 
 H100_BF16_DENSE_TFLOPS = 989.0
 

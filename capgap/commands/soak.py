@@ -147,10 +147,10 @@ def sweep(work: Path, cache: Path, jobs: int, kills: int, rng: random.Random, de
 
 
 def check(work: Path, cache: Path, outcome: dict) -> dict:
-    from capgap.runtime.atomic import LOCKS, entry_problem, is_temp
-    from capgap.runtime.errors import CapgapError
     from capgap.law.fit import fit, points_from_rows
     from capgap.law.store import Store
+    from capgap.runtime.atomic import LOCKS, entry_problem, is_temp
+    from capgap.runtime.errors import CapgapError
 
     rows = Store(str(outcome["store"])).results(None)
     done = [r for r in rows if r["status"] == "done"]

@@ -8,9 +8,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from capgap.data import sources
 from capgap.runtime import distributed
 from capgap.runtime.atomic import build_once
-from capgap.data import sources
 
 EOS = "<|endoftext|>"
 

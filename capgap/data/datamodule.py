@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from capgap.runtime import distributed
 from capgap.data import token_cache
 from capgap.data.blocks import PackedBlocks
 from capgap.data.rank_share import EvenBatches, RankShare
+from capgap.runtime import distributed
 from capgap.runtime.errors import CapgapError
 
 # torchdata 0.11 calls a torch API that newer torch deprecates, once per epoch: noise in every log

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from capgap.runtime.atomic import build_once
 from capgap.data import sources
+from capgap.runtime.atomic import build_once
 from capgap.runtime.errors import CapgapError
 from capgap.runtime.terminal import announce, keep_title
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from capgap.data.blocks import IGNORE
 from capgap.runtime import distributed
 from capgap.runtime.atomic import build_value
-from capgap.data.blocks import IGNORE
 from capgap.runtime.errors import CapgapError
 
 STRATEGIES = ("none", "generated", "confident", "hard")

@@ -18,16 +18,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from capgap.distill.config import from_config
+from capgap.law.studies import DEFAULT, config_hash
+from capgap.models.identity import teacher_id
+from capgap.models.params import count_params
+from capgap.prune.student import make_student, target_size
 from capgap.runtime import training
 from capgap.runtime.budget import token_budget
-from capgap.distill.config import from_config
 from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size, parse_size
-from capgap.law.studies import DEFAULT
-from capgap.models.params import count_params
-from capgap.law.studies import config_hash
-from capgap.models.identity import teacher_id
-from capgap.prune.student import make_student, target_size
 from capgap.runtime.terminal import announce, report
 
 DEFAULT_RATIO = 2.5  # the paper's T* ≈ 2.5·S when no fit of our own exists

@@ -22,8 +22,7 @@ import torch.utils.checkpoint
 
 from capgap.data.blocks import IGNORE
 from capgap.distill.losses import KDLoss, Losses
-from capgap.models.lm_loss import CHUNK_SIZE, at_least_fp32, shift_labels
-
+from capgap.models.lm_loss import CHUNK_SIZE, at_least_fp32
 
 
 def chunked_kd_loss(student_hidden, student_head, teacher_hidden, teacher_head, targets,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capgap.runtime import training
 from capgap.distill.config import optim_settings
-from capgap.runtime.terminal import announce
-from capgap.runtime.errors import CapgapError
 from capgap.pretrain.lm_module import CausalLMModule
+from capgap.runtime import training
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.terminal import announce
 
 
 def finetune_settings(d) -> tuple[int, float]:

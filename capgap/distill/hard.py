@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from capgap.data.blocks import IGNORE
-from capgap.models.lm_loss import shift_labels
 from capgap.distill.strategy import Strategy
+from capgap.models.lm_loss import shift_labels
 from capgap.runtime.errors import CapgapError
 
 

@@ -8,8 +8,8 @@ probabilities are `output_attentions[l - 1]`; they exist only with attn_implemen
 import torch
 from torch import nn
 
-from capgap.models.lm_loss import at_least_fp32
 from capgap.distill.strategy import Strategy, Term
+from capgap.models.lm_loss import at_least_fp32
 from capgap.runtime.errors import CapgapError
 
 MAPPINGS = ("uniform", "last_k", "explicit")

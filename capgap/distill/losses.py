@@ -19,7 +19,6 @@ from capgap.data.blocks import IGNORE
 from capgap.models.lm_loss import at_least_fp32
 from capgap.runtime.errors import CapgapError
 
-
 # Divergences D(teacher, student) per token, on temperature-scaled log-probabilities [..., V] → [...].
 # The first argument is always the student, so the registry can call them alike.
 

@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from capgap.data.blocks import IGNORE
-from capgap.runtime import sharding
 from capgap.distill.chunked import chunked_kd_loss
-from capgap.models.lm_loss import CHUNK_SIZE
 from capgap.distill.losses import KDLoss
-from capgap.models.lm_loss import shift_labels
 from capgap.distill.teacher_eval import TeacherValidation
-from capgap.runtime.errors import CapgapError
+from capgap.models.lm_loss import CHUNK_SIZE, shift_labels
 from capgap.pretrain.lm_module import CausalLMModule
+from capgap.runtime import sharding
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.training import precision_dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

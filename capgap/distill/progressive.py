@@ -18,8 +18,8 @@ import lightning as L
 
 from capgap.distill.intermediate import HiddenStateMSE, layer_map, width
 from capgap.distill.strategy import Strategy
-from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
+from capgap.runtime.errors import CapgapError
 
 
 def check(stages: int, n_layers: int, fractions=None) -> None:

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.fit import paper_optimum
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size
 
 Point = tuple[int, int, int]  # (student index, teacher index, seed index)

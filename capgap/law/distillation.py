@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares, minimize_scalar
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.points import Points
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size
 
 NAMES = ("E", "A", "B", "alpha", "beta", "c0", "c1", "d1", "f1", "A'", "B'", "alpha'", "beta'",

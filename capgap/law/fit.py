@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from capgap.runtime.atomic import write_atomic
-from capgap.runtime.errors import CapgapError
 from capgap.law.joint import ROBUST, Cells, Estimator, fit_joint, q
 from capgap.law.points import CSV_COLUMNS, Points, group_students, points_from_rows, read_csv
+from capgap.runtime.atomic import write_atomic
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size
 
 __all__ = ["PAPER", "CSV_COLUMNS", "Points", "points_from_rows", "read_csv", "SizeFit", "Fit",

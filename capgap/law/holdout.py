@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.fit import Fit, fit
 from capgap.law.points import Points, group_students
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size
 
 

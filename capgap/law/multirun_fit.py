@@ -16,12 +16,12 @@ class FitLawOnMultirunEnd(Callback):
     configs that cannot be pooled) says why in one line."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from capgap.runtime import distributed
-        from capgap.runtime.errors import CapgapError
         from capgap.law import store as law_store
         from capgap.law.plots import save_plots
         from capgap.law.studies import DEFAULT
         from capgap.law.study_fit import study_law
+        from capgap.runtime import distributed
+        from capgap.runtime.errors import CapgapError
 
         if not distributed.is_rank_zero():  # each node runs the sweep: node 0 fits
             return

@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from capgap.runtime.atomic import atomic_file
 from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
+from capgap.runtime.atomic import atomic_file
 from capgap.runtime.sizes import format_size
 
 M = 1e6  # axes in millions of parameters, as the paper

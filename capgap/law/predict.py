@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
 from capgap.runtime.confdir import conf_dir as installed_conf
 from capgap.runtime.errors import CapgapError
-from capgap.law.fit import PAPER, PAPER_RATIO, Fit, paper_optimum
 from capgap.runtime.sizes import format_size, parse_size
 
 __all__ = ["parse_size", "load_zoo", "pick_teacher", "predict", "describe", "predict_distillation",

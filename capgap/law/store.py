@@ -41,10 +41,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 
+from capgap.law.studies import DEFAULT, check_name
 from capgap.runtime.atomic import atomic_file
 from capgap.runtime.cache import default_cache_dir
 from capgap.runtime.errors import CapgapError
-from capgap.law.studies import DEFAULT, check_name
 
 STATUSES = ("done", "failed", "skipped")
 

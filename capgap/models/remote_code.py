@@ -15,8 +15,8 @@ import ast
 import json
 from pathlib import Path
 
-from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
+from capgap.runtime.errors import CapgapError
 
 MODELING_FILE = "modeling_capgap.py"
 TEMPLATES = Path(__file__).parent / "templates"

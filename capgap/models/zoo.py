@@ -12,10 +12,10 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from capgap.runtime.atomic import build_once
-from capgap.runtime.errors import CapgapError
 from capgap.models import micro
 from capgap.models.remote_code import MODELING_FILE
+from capgap.runtime.atomic import build_once
+from capgap.runtime.errors import CapgapError
 
 
 def build_from_config(arch: str, config: dict):

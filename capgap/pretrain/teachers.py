@@ -12,14 +12,13 @@ from typing import NamedTuple
 import torch
 from omegaconf import OmegaConf
 
-from capgap.runtime import training
-from capgap.runtime.atomic import build_value
 from capgap.data.blocks import unigram_entropy
 from capgap.data.datamodule import CorpusDataModule
-from capgap.runtime import distributed
-from capgap.pretrain.lm_module import CausalLMModule
 from capgap.models.micro import MICRO_DATA, cache_folder, micro_tokenizer
 from capgap.models.zoo import build_from_config, load_local, load_model
+from capgap.pretrain.lm_module import CausalLMModule
+from capgap.runtime import distributed, training
+from capgap.runtime.atomic import build_value
 from capgap.runtime.terminal import announce
 
 METRICS = "pretrain_metrics.json"  # beside the model in its cache entry

@@ -14,11 +14,11 @@ import math
 
 import torch
 
-from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.params import count_params
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import skeleton, slice_model
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.terminal import report
 
 RANKINGS = ("global", "uniform")

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from capgap.runtime import distributed
-from capgap.runtime.atomic import build_value_collective
-from capgap.models.lm_loss import lm_loss
-from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.adapters.base import linear_weight
+from capgap.models.lm_loss import lm_loss
 from capgap.prune.masks import PLACEMENT, Masks, applied
+from capgap.runtime import distributed
+from capgap.runtime.atomic import build_value_collective
+from capgap.runtime.errors import CapgapError
 
 METHODS = ("expressiveness", "random", "magnitude")
 

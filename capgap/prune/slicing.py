@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from capgap.runtime.atomic import atomic_dir
-from capgap.runtime.errors import CapgapError
 from capgap.models.adapters import adapter_for
 from capgap.models.remote_code import write_remote_code
 from capgap.prune.plan import Plan
+from capgap.runtime.atomic import atomic_dir
+from capgap.runtime.errors import CapgapError
 
 PLAN_FILE = "capgap_plan.json"
 

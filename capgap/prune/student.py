@@ -12,20 +12,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from capgap.runtime import distributed
-
 from capgap.data.datamodule import CorpusDataModule
 from capgap.data.token_cache import cache_key
-from capgap.runtime.errors import CapgapError
-from capgap.runtime.sizes import parse_size
 from capgap.models import teacher_name
+from capgap.models.identity import teacher_id
 from capgap.models.params import count_params
+from capgap.models.scratch import scratch_model
 from capgap.prune.planner import make_plan
 from capgap.prune.pruner_module import PrunerModule
 from capgap.prune.scores import baseline_scores, block_influence, cache_path, cached_scores
 from capgap.prune.slicing import load_pruned, slice_model
-from capgap.models.identity import teacher_id
-from capgap.models.scratch import scratch_model
+from capgap.runtime import distributed
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.sizes import parse_size
 from capgap.runtime.terminal import announce
 from capgap.runtime.training import build_trainer
 

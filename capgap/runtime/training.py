@@ -12,23 +12,30 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import open_dict
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.fabric.utilities.load import _METADATA_FILENAME  # meta.pt: a sharded checkpoint's last file
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import open_dict
 
 from capgap.runtime import distributed, sharding
-from capgap.runtime.budget import (apply_global_batch, devices_per_node, steps_for, tokens_per_step,  # noqa: F401
-                           uses_cuda, world_size)
+from capgap.runtime.budget import (  # noqa: F401
+    apply_global_batch,
+    devices_per_node,
+    steps_for,
+    tokens_per_step,
+    uses_cuda,
+    world_size,
+)
 from capgap.runtime.errors import CapgapError
 from capgap.runtime.progress import StageBar
 from capgap.runtime.resume import AtomicCheckpointIO, RNGState
 
 CAPGAP_KEYS = ("checkpoint_every",)  # in conf/trainer but not Trainer arguments
-# null in conf/trainer means Lightning's default; null rather than the default's value keeps
-# the config hash (the store's identity of a run) of every run made before these keys existed
-NULL_IS_DEFAULT = ("num_nodes", "strategy", "accumulate_grad_batches")
+# null in conf/trainer means Lightning's default (capgap.runtime.schema: a key only some
+# configs set is null elsewhere, which keeps every run's config hash), except for this one,
+# where null means "by steps, not epochs"
+NULL_IS_MEANT = ("check_val_every_n_epoch",)
 FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 
 
@@ -173,7 +180,7 @@ def build_trainer(trainer_cfg, find_unused: bool = False, shard: bool = False, *
     shards (capgap.runtime.sharding); the other passes (scoring, evaluation alone) keep each rank's
     model whole under DDP."""
     kwargs = {k: v for k, v in trainer_cfg.items()
-              if k not in CAPGAP_KEYS and not (k in NULL_IS_DEFAULT and v is None)}
+              if k not in CAPGAP_KEYS and (v is not None or k in NULL_IS_MEANT)}
     if is_fsdp(trainer_cfg) and not shard:
         kwargs["strategy"] = "auto"
     # callbacks the config adds (`+trainer.callbacks=[...]`) join capgap's own
@@ -197,6 +204,12 @@ def build_trainer(trainer_cfg, find_unused: bool = False, shard: bool = False, *
     if kwargs.get("enable_progress_bar", True):  # bars titled by stage (capgap.runtime.progress)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), StageBar()]
     return instantiate(kwargs)
+
+
+def make_logger(logger_cfg, run_dir: Path):
+    """The Lightning logger conf/logger names, writing under the run dir; keys at null are
+    left to the logger's own defaults (the schema has the keys of several loggers)."""
+    return instantiate({k: v for k, v in logger_cfg.items() if v is not None}, save_dir=str(run_dir))
 
 
 def has_checkpoint(path: Path) -> bool:
@@ -225,7 +238,7 @@ def fit(module, datamodule, trainer_cfg, logger_cfg, run_dir: Path, ckpt_dir: Pa
     ckpt_dir = Path(ckpt_dir)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=trainer_cfg.get("checkpoint_every", 200))
-    logger = instantiate(logger_cfg, save_dir=str(run_dir)) if logger_cfg else False
+    logger = make_logger(logger_cfg, run_dir) if logger_cfg else False
     accum = int(trainer_cfg.get("accumulate_grad_batches", 1) or 1)
     world = world_size(trainer_cfg)
     # Lightning counts val_check_interval in micro-batches of one process, and refuses one

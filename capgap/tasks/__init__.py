@@ -11,10 +11,10 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from capgap.runtime import distributed
 from capgap.runtime.atomic import write_json_atomic
 from capgap.runtime.budget import apply_global_batch
-from capgap.runtime import distributed
-from capgap.runtime.errors import CapgapError
+from capgap.runtime.schema import typed
 from capgap.runtime.training import check_sharded_distill, check_trainer
 
 TASKS = {
@@ -27,8 +27,9 @@ TASKS = {
 
 
 def run_task(cfg) -> dict:
-    if cfg.task not in TASKS:
-        raise CapgapError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
+    # every key known, every value of its type, sizes parsed: a mistake fails here, before
+    # anything is written (run.py checked the command line before Hydra started)
+    typed(cfg)
     check_trainer(cfg.trainer)  # before anything is written
     if cfg.task in ("distill", "study"):
         d = cfg.distill  # a global batch the devices cannot split fails here, not after a teacher loaded

@@ -11,27 +11,26 @@ import time
 from pathlib import Path
 
 from capgap.data.datamodule import CorpusDataModule
-from capgap.runtime import distributed
 from capgap.data.transfer import apply_strategy
 from capgap.distill.chain import planned_sizes, run_chain
-from capgap.distill.finetune import finetune, finetune_settings
 from capgap.distill.config import from_config
-from capgap.runtime.budget import token_budget
-from capgap.runtime.sizes import parse_size
+from capgap.distill.finetune import finetune, finetune_settings
+from capgap.eval import harness
+from capgap.law.studies import config_hash
 from capgap.models import teacher_name
+from capgap.models.identity import teacher_id
 from capgap.models.zoo import load_tokenizer
 from capgap.pretrain.teachers import load_teacher
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.law.studies import config_hash
-from capgap.models.identity import teacher_id
 from capgap.prune.student import make_student, size_info
+from capgap.runtime import distributed, sharding, training
+from capgap.runtime.budget import token_budget
 from capgap.runtime.resume import claim
-from capgap.eval import harness
+from capgap.runtime.sizes import parse_size
+from capgap.runtime.terminal import announce, report
 from capgap.tasks.evaluate import benchmarks, check_benchmarks
 from capgap.tasks.prune import save_student, student_card
-from capgap.runtime import sharding, training
-from capgap.runtime.terminal import announce, report
 
 
 def checkpoint_dir(cfg) -> Path:

@@ -4,20 +4,18 @@ with eval=harness, lm-evaluation-harness benchmarks too (also at the end of dist
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
-
 from capgap.data.datamodule import CorpusDataModule
-from capgap.runtime.distributed import is_rank_zero
-from capgap.runtime.errors import CapgapError
 from capgap.eval import harness
 from capgap.models import teacher_name
 from capgap.models.params import count_params
 from capgap.models.zoo import load_local_tokenizer, load_tokenizer
+from capgap.pretrain.lm_module import evaluate
 from capgap.pretrain.teachers import load_teacher
 from capgap.prune.slicing import PLAN_FILE, load_pruned
+from capgap.runtime.distributed import is_rank_zero
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.terminal import announce, report
-from capgap.pretrain.lm_module import evaluate
-from capgap.runtime.training import is_fsdp
+from capgap.runtime.training import is_fsdp, make_logger
 
 
 def eval_data(cfg, tokenizer) -> CorpusDataModule:
@@ -78,7 +76,7 @@ def run(cfg, run_dir) -> dict:
     model, tokenizer = load_evaluated(cfg)
     announce("evaluating", f"{teacher_name(cfg.teacher)} on the held-out split")
     res = evaluate(model, dm, cfg.trainer)
-    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") and is_rank_zero() else None
+    logger = make_logger(cfg.logger, run_dir) if cfg.get("logger") and is_rank_zero() else None
     figs = benchmarks(cfg, model, tokenizer, logger)
     if logger is not None:
         logger.finalize("success")

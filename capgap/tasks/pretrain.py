@@ -2,8 +2,8 @@
 
 import time
 
-from capgap.runtime.errors import CapgapError
 from capgap.pretrain.teachers import pretrained_micro
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.terminal import report
 
 

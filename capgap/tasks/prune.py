@@ -2,25 +2,23 @@
 
 import time
 
-from hydra.utils import instantiate
-
-from capgap.runtime import distributed
-from capgap.runtime.errors import CapgapError
-from capgap.models import teacher_name
-from capgap.models.zoo import load_tokenizer
-from capgap.pretrain.teachers import load_teacher
-from capgap.runtime.atomic import atomic_dir
 from capgap.eval import harness
-from capgap.models.card import Card, model_card
-from capgap.models.adapters import adapter_for
-from capgap.models.remote_code import layer_widths
-from capgap.prune.slicing import is_uniform, save_pruned
 from capgap.law.studies import config_hash
-from capgap.prune.summary import summary
-from capgap.prune.student import make_student
-from capgap.tasks.evaluate import eval_data
-from capgap.runtime.terminal import announce, report
+from capgap.models import teacher_name
+from capgap.models.adapters import adapter_for
+from capgap.models.card import Card, model_card
+from capgap.models.remote_code import layer_widths
+from capgap.models.zoo import load_tokenizer
 from capgap.pretrain.lm_module import evaluate
+from capgap.pretrain.teachers import load_teacher
+from capgap.prune.slicing import is_uniform, save_pruned
+from capgap.prune.student import make_student
+from capgap.prune.summary import summary
+from capgap.runtime import distributed
+from capgap.runtime.atomic import atomic_dir
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.terminal import announce, report
+from capgap.tasks.evaluate import eval_data
 
 
 def save_student(student, plan, tokenizer, folder, card: str | None = None, state_dict=None):
@@ -68,7 +66,7 @@ def run(cfg, run_dir) -> dict:
         return {"student_dir": str(run_dir / "student"), "objective": student_eval["val_loss"]}
     (run_dir / "prune_summary.txt").write_text(table + "\n")
     if cfg.get("logger"):  # logger=csv, tensorboard, …: the figures go where the user asked
-        logger = instantiate(cfg.logger, save_dir=str(run_dir))
+        logger = make_logger(cfg.logger, run_dir)
         logger.log_metrics({**{f"prune/{k}": float(v) for k, v in scalars.items()},
                             "prune/val_loss/teacher": teacher_eval["val_loss"],
                             "prune/val_loss/student": student_eval["val_loss"]}, step=0)

@@ -12,17 +12,16 @@ import time
 
 from omegaconf import OmegaConf
 
-from capgap.law.store_callback import StoreCallback, git_commit
-from capgap.runtime.errors import CapgapError
 from capgap.eval import harness
 from capgap.law import store as law_store
-from capgap.runtime.sizes import parse_size
-from capgap.law.studies import DEFAULT, check_name
+from capgap.law.store_callback import StoreCallback, git_commit
+from capgap.law.studies import DEFAULT, check_name, config_hash
 from capgap.models import teacher_name
-from capgap.law.studies import config_hash
+from capgap.runtime.errors import CapgapError
+from capgap.runtime.sizes import parse_size
+from capgap.runtime.terminal import report
 from capgap.tasks import distill
 from capgap.tasks.evaluate import check_benchmarks
-from capgap.runtime.terminal import report
 
 
 def flat_hparams(cfg) -> dict:

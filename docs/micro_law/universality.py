@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from capgap.runtime.errors import CapgapError
 from capgap.law.distillation import fit_distillation
 from capgap.law.fit import fit, points_from_rows
 from capgap.law.points import Points
+from capgap.runtime.errors import CapgapError
 from capgap.runtime.sizes import format_size
 
 HERE = Path(__file__).parent
