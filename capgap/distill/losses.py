@@ -112,7 +112,8 @@ class KDLoss:
             raise CapgapError(f"distill.loss.temperature={temperature} must be positive")
         self.name, self.alpha, self.temperature = name, alpha, temperature
         self.kd_weight = 1.0 - alpha if kd_weight is None else kd_weight
-        self.div_kwargs = div_kwargs
+        # null is unset: the schema has beta and skew for every loss (capgap.runtime.schema)
+        self.div_kwargs = div_kwargs = {k: v for k, v in div_kwargs.items() if v is not None}
         # fail on a bad or misspelt beta/skew at construction, not at the first training step
         try:
             DIVERGENCES[name](torch.zeros(1, 2), torch.zeros(1, 2), **div_kwargs)

@@ -266,7 +266,7 @@ class Config:
                 try:
                     parse_size(value)
                 except CapgapError as e:
-                    raise CapgapError(f"{key}: {e}") from None
+                    raise CapgapError(f"{key}={value}: {e}") from None
         tpp = self.distill.tokens_per_param
         if tpp is not None and (isinstance(tpp, bool) or not isinstance(tpp, (int, float)) or tpp <= 0):
             raise CapgapError(f"distill.tokens_per_param: {tpp!r} is not a positive number")
