@@ -1,6 +1,7 @@
-"""Every user mistake in the README's table, as a user makes it: through `python run.py` or
-`capgap` in a subprocess. Each must exit 2 with exactly one `capgap: error:` line on stderr,
-no traceback, and write nothing (no store row, no metrics.json, no student folder, no fit).
+"""Every user mistake in the table of docs/store-and-reliability.md ("## Errors"), as a user
+makes it: through `python run.py` or `capgap` in a subprocess. Each must exit 2 with exactly
+one `capgap: error:` line on stderr, no traceback, and write nothing (no store row, no
+metrics.json, no student folder, no fit).
 
 Every error fires before any training: the local teacher is a tiny random checkpoint and
 the corpus a few hundred short documents, so each case costs about one interpreter start.
@@ -147,10 +148,11 @@ def test_a_mistake_is_one_line_exit_2_and_writes_nothing(name, world, outcomes):
     assert len(Store(str(world["pooled"])).results(None)) == pooled_rows
 
 
-def test_the_readme_lists_every_case():
-    """The README's table of mistakes and this file's cases are the same list."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Errors", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_list_every_case():
+    """The table of mistakes in docs/store-and-reliability.md and this file's cases are the
+    same list."""
+    page = (ROOT / "docs" / "store-and-reliability.md").read_text()
+    section = page.split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
     listed = [line.split("|")[1].strip() for line in section.splitlines()
               if line.startswith("| ") and not line.startswith("| mistake")]
     assert sorted(listed) == sorted(CASES), set(listed) ^ set(CASES)

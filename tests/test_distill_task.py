@@ -95,7 +95,7 @@ def test_distill_writes_metrics_and_a_loadable_student(tiny_setup, tmp_path):
 
 def test_ce_only_through_the_task_still_reports_the_teachers_loss(tiny_setup, tmp_path):
     """The CE-only baseline trains without the teacher, but its run still reports the teacher's
-    held-out loss beside the student's (the README's paper-loss vs CE-only comparison)."""
+    held-out loss beside the student's (docs/distillation.md's paper-loss vs CE-only comparison)."""
     root, corpus = tiny_setup
     m = run_task(config(root, corpus, tmp_path / "run", "distill=ce_only"))
     assert m["loss"] == "soft_ce" and m["alpha"] == 1.0

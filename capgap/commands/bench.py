@@ -1,4 +1,4 @@
-"""`capgap bench`: figures that back the README's claims.
+"""`capgap bench`: figures that back docs/benchmarks.md.
 
 kd-loss: peak memory and time of the chunked KD loss against the naive one.
 eval:    peak memory of a held-out evaluation through the chunked head against the naive
