@@ -183,7 +183,7 @@ def build_trainer(trainer_cfg, find_unused: bool = False, shard: bool = False, *
               if k not in CAPGAP_KEYS and (v is not None or k in NULL_IS_MEANT)}
     if is_fsdp(trainer_cfg) and not shard:
         kwargs["strategy"] = "auto"
-    # callbacks the config adds (`+trainer.callbacks=[...]`) join capgap's own
+    # callbacks the config adds (`trainer.callbacks=[...]`) join capgap's own
     callbacks = [*(instantiate(kwargs.pop("callbacks", None)) or []), *overrides.pop("callbacks", [])]
     kwargs.update(overrides, callbacks=callbacks)
     kwargs["precision"] = resolve_precision(kwargs.get("precision"))
