@@ -154,7 +154,7 @@ def test_modeling_files_import_only_torch_and_transformers():
         tree = ast.parse(modeling_source(family))
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert roots <= {"copy", "torch", "transformers"}, (template, roots)
+        assert roots <= {"copy", "torch", "transformers"}, (family, roots)
 
 
 def test_folders_written_before_the_modeling_file_still_load(tmp_path):

@@ -89,7 +89,7 @@ def test_confident_selection_through_the_task(tiny_setup, tmp_path):
     m = run_task(cfg)
     from capgap.data.datamodule import CorpusDataModule
     from capgap.models.zoo import load_tokenizer
-    dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg), cfg.data, cfg.paths.cache_dir,
+    dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg.paths.cache_dir), cfg.data, cfg.paths.cache_dir,
                           block_size=cfg.distill.block_size)
     dm.setup()
     assert m["transfer_blocks"] == round(0.25 * len(dm.train_set))

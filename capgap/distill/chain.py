@@ -95,7 +95,7 @@ def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes:
     d = cfg.distill
     per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
     current, key, stages = teacher, None, []
-    base_id = teacher_id(cfg, tokenizer)
+    base_id = teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer)
     for i, size in enumerate(sizes, 1):
         stage_cfg = OmegaConf.merge(cfg, {"student": {"size": size}, "prune": {"ranking": "uniform"}})
         student, info = make_student(stage_cfg, current, tokenizer, teacher_key=key)

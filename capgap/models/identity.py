@@ -8,12 +8,12 @@ from pathlib import Path
 from capgap.models import micro
 
 
-def teacher_id(cfg, tokenizer) -> str:
-    """Names the teacher's weights, so cached scores never outlive a change of teacher."""
-    t = cfg.teacher
+def teacher_id(t, pretrain_cfg, cache_dir, tokenizer) -> str:
+    """Names the weights of teacher `t` (a teacher node), so cached scores never outlive a
+    change of teacher; a micro teacher by its cache entry, which `pretrain_cfg` helps name."""
     if t.get("path"):
         cfg_file = Path(t.path) / "config.json"
         return f"path:{Path(t.path).resolve()}:{cfg_file.stat().st_mtime_ns}"
     if t.source == "micro":
-        return f"micro:{micro.cache_folder(t, cfg, tokenizer).name}"
+        return f"micro:{micro.cache_folder(t, pretrain_cfg, cache_dir, tokenizer).name}"
     return f"{t.source}:{t.get('hub_id')}@{t.get('revision')}"

@@ -119,28 +119,28 @@ def smollm2_folder(cfg, cache_dir: Path) -> Path:
     return out
 
 
-def load_tokenizer(model_cfg, cfg):
+def load_tokenizer(model_cfg, cache_dir):
     """The tokenizer alone, without loading the model: tasks tokenize (and so check) their
     data before loading or pretraining a model, so a bad corpus fails in seconds."""
     if model_cfg.get("path"):
         return load_local_tokenizer(model_cfg.path)
     if model_cfg.source == "micro":
-        return micro.micro_tokenizer(model_cfg, cfg)
+        return micro.micro_tokenizer(model_cfg, cache_dir)
     if model_cfg.source == "gguf":
-        return load_local_tokenizer(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
+        return load_local_tokenizer(smollm2_folder(model_cfg, Path(cache_dir)), key="cached teacher")
     if model_cfg.source == "hub":
         return _from_hub(model_cfg, AutoTokenizer)
     raise CapgapError(f"teacher.source={model_cfg.source!r} is not one of micro, gguf, hub (or set teacher.path)")
 
 
-def load_model(model_cfg, cfg):
+def load_model(model_cfg, cache_dir):
     """(model, tokenizer) for a teacher-like config node, in fp32, in eval mode. A micro teacher
     without a path is capgap.pretrain.teachers.load_teacher's: it may need pretraining first, and
     models never train."""
     if model_cfg.get("path"):
         model, tok = load_local(model_cfg.path)
     elif model_cfg.source == "gguf":
-        model, tok = load_local(smollm2_folder(model_cfg, Path(cfg.paths.cache_dir)), key="cached teacher")
+        model, tok = load_local(smollm2_folder(model_cfg, Path(cache_dir)), key="cached teacher")
     elif model_cfg.source == "hub":
         model, tok = _from_hub(model_cfg, AutoModelForCausalLM, dtype=torch.float32), _from_hub(model_cfg, AutoTokenizer)
     else:

@@ -24,13 +24,13 @@ from capgap.runtime.terminal import announce
 METRICS = "pretrain_metrics.json"  # beside the model in its cache entry
 
 
-def pretrain(model, tokenizer, data_cfg, cfg, tokens: int, run_dir: Path, ckpt_dir: Path,
+def pretrain(model, tokenizer, data_cfg, p, trainer_cfg, cache_dir, tokens: int, run_dir: Path, ckpt_dir: Path,
              logger_cfg=None) -> tuple[torch.nn.Module, dict]:
-    """Train `model` from scratch on `tokens` tokens of `data_cfg`; returns final metrics."""
-    p = cfg.pretrain
+    """Train `model` from scratch on `tokens` tokens of `data_cfg` with the `pretrain` settings
+    `p`; returns final metrics."""
     # one process, whatever the job's devices: the teacher is a cache entry every device count shares
-    trainer_cfg = training.single_process(cfg.trainer)
-    dm = CorpusDataModule(tokenizer, data_cfg, cfg.paths.cache_dir, batch_size=p.batch_size,
+    trainer_cfg = training.single_process(trainer_cfg)
+    dm = CorpusDataModule(tokenizer, data_cfg, cache_dir, batch_size=p.batch_size,
                           block_size=p.block_size, seed=p.seed, eval_batches=p.eval_batches,
                           block_key="pretrain.block_size")
     dm.setup()
@@ -53,25 +53,27 @@ class Pretrained(NamedTuple):
     metrics: dict  # of its pretraining, whichever job ran it
 
 
-def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None) -> Pretrained:
+def pretrained_micro(model_cfg, pretrain_cfg, trainer_cfg, cache_dir, logger_cfg=None,
+                     run_dir: Path | None = None) -> Pretrained:
     """A micro teacher, pretrained first if it is not cached. Jobs that ask for it at once
     wait for the first one's pretraining and then load its result. It is pretrained on one
     process under the config's pretrain seed, so 1 and N devices, and every `seed=` of a study,
     share one teacher."""
-    tokenizer = micro_tokenizer(model_cfg, cfg)
-    folder = cache_folder(model_cfg, cfg, tokenizer)
+    tokenizer = micro_tokenizer(model_cfg, cache_dir)
+    folder = cache_folder(model_cfg, pretrain_cfg, cache_dir, tokenizer)
 
     def make():
         announce("pretraining", f"{model_cfg.name} on {model_cfg.pretrain_tokens:,} tokens of the embedded "
                                 "corpus (once; cached)")
-        torch.manual_seed(cfg.pretrain.seed)
+        torch.manual_seed(pretrain_cfg.seed)
         config = dict(OmegaConf.to_container(model_cfg.config, resolve=True))
         config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
         model = build_from_config(model_cfg.arch, config)
         # a killed pretraining resumes from folder/ckpt on the next run (under the same lock)
-        model, metrics = pretrain(model, tokenizer, MICRO_DATA, cfg, model_cfg.pretrain_tokens,
-                                  Path(run_dir or folder / "logs"), folder / "ckpt", cfg.get("logger"))
+        model, metrics = pretrain(model, tokenizer, MICRO_DATA, pretrain_cfg, trainer_cfg, cache_dir,
+                                  model_cfg.pretrain_tokens, Path(run_dir or folder / "logs"), folder / "ckpt",
+                                  logger_cfg)
         return model, tokenizer, metrics
 
     def save(made, tmp: Path):
@@ -92,9 +94,9 @@ def pretrained_micro(model_cfg, cfg, run_dir: Path | None = None) -> Pretrained:
     return Pretrained(model.eval(), tok, folder / "model", built, metrics)
 
 
-def load_teacher(model_cfg, cfg):
+def load_teacher(model_cfg, pretrain_cfg, trainer_cfg, cache_dir, logger_cfg=None):
     """models.zoo.load_model, pretraining a micro teacher first when the cache has none."""
     if model_cfg.get("source") == "micro" and not model_cfg.get("path"):
-        made = pretrained_micro(model_cfg, cfg)
+        made = pretrained_micro(model_cfg, pretrain_cfg, trainer_cfg, cache_dir, logger_cfg)
         return made.model, made.tokenizer
-    return load_model(model_cfg, cfg)
+    return load_model(model_cfg, cache_dir)

@@ -63,7 +63,7 @@ def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
     if p.n_batches < 1:
         raise CapgapError(f"prune.n_batches={p.n_batches} must be at least 1")
     data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
-    path = cache_path(teacher_key or teacher_id(cfg, tokenizer), data_id, p.n_batches,
+    path = cache_path(teacher_key or teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer), data_id, p.n_batches,
                       method="expressiveness", root=cfg.paths.cache_dir)
     return cached_scores(path, lambda: _score(cfg, teacher, tokenizer))
 

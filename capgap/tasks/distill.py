@@ -67,11 +67,11 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     size = cfg.student.get("size")
     planned_tokens = token_budget(d, parse_size(size) if size not in (None, "") else None)
     # tokenize first: a bad corpus fails before a teacher is loaded or pretrained
-    dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg), cfg.data, cfg.paths.cache_dir,
+    dm = CorpusDataModule(load_tokenizer(cfg.teacher, cfg.paths.cache_dir), cfg.data, cfg.paths.cache_dir,
                           batch_size=d.batch_size, block_size=d.block_size, seed=cfg.seed,
                           eval_batches=d.eval_batches)
     dm.setup()
-    teacher, tokenizer = load_teacher(cfg.teacher, cfg)
+    teacher, tokenizer = load_teacher(cfg.teacher, cfg.pretrain, cfg.trainer, cfg.paths.cache_dir, cfg.get("logger"))
     # every teacher pass (selection, generation, scoring, layer influence, training, evaluation)
     # runs on this process's training device, in the training precision
     device = training.device_for(cfg.trainer)
@@ -79,7 +79,7 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     precision = training.autocast_for(cfg.trainer, device)
     # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
     with precision:
-        transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg, tokenizer), tokens=planned_tokens)
+        transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer), tokens=planned_tokens)
     job = distributed.current()
     resumed = job.broadcast(training.has_checkpoint(ckpt_dir / "last.ckpt"))
     log_every = cfg.trainer.get("log_every_n_steps", 10)

@@ -66,13 +66,13 @@ def load_evaluated(cfg):
     path = cfg.teacher.get("path")
     if path and (Path(path) / PLAN_FILE).is_file():
         return load_pruned(path), load_local_tokenizer(path)
-    return load_teacher(cfg.teacher, cfg)
+    return load_teacher(cfg.teacher, cfg.pretrain, cfg.trainer, cfg.paths.cache_dir, cfg.get("logger"))
 
 
 def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
     check_benchmarks(cfg)
-    dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
+    dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg.paths.cache_dir))
     model, tokenizer = load_evaluated(cfg)
     announce("evaluating", f"{teacher_name(cfg.teacher)} on the held-out split")
     res = evaluate(model, dm, cfg.trainer)

@@ -13,7 +13,7 @@ def run(cfg, run_dir) -> dict:
         raise CapgapError(f"task=pretrain makes the offline micro family; teacher={t.name} comes "
                           "pretrained (use it in task=prune, distill or study)")
     start = time.perf_counter()
-    made = pretrained_micro(t, cfg, run_dir=run_dir)
+    made = pretrained_micro(t, cfg.pretrain, cfg.trainer, cfg.paths.cache_dir, cfg.get("logger"), run_dir=run_dir)
     m, cached = made.metrics, not made.built
     metrics = {"teacher": t.name, "val_loss": m["val/loss"], "val_ppl": m["val/ppl"],
                "unigram_entropy": m["unigram_entropy"], "tokens": m["tokens"], "cached": cached,

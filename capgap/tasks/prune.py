@@ -18,6 +18,7 @@ from capgap.runtime import distributed
 from capgap.runtime.atomic import atomic_dir
 from capgap.runtime.errors import CapgapError
 from capgap.runtime.terminal import announce, report
+from capgap.runtime.training import make_logger
 from capgap.tasks.evaluate import eval_data
 
 
@@ -54,8 +55,8 @@ def run(cfg, run_dir) -> dict:
     if cfg.student.init != "pruned":
         raise CapgapError(f"task=prune makes pruned students; student.init={cfg.student.init} (use student=pruned)")
     start = time.perf_counter()
-    dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg))
-    teacher, tokenizer = load_teacher(cfg.teacher, cfg)
+    dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg.paths.cache_dir))
+    teacher, tokenizer = load_teacher(cfg.teacher, cfg.pretrain, cfg.trainer, cfg.paths.cache_dir, cfg.get("logger"))
     student, info = make_student(cfg, teacher, tokenizer)
     plan = info.pop("plan")
     table, scalars = summary(teacher, student, plan)
