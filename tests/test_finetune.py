@@ -17,8 +17,8 @@ def test_finetune_stage_trains_with_ce_only_at_the_scaled_lr(tiny_setup, tmp_pat
     seen = []  # (module type, teacher forwards so far, peak lr of the module)
     load = distill_task.load_teacher
 
-    def counting_load(model_cfg, cfg):
-        teacher, tok = load(model_cfg, cfg)
+    def counting_load(*args):
+        teacher, tok = load(*args)
         base = teacher.base_model
 
         def hook(module, args, out):  # a student sliced by deepcopy carries the hook along

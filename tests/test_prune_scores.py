@@ -149,33 +149,35 @@ def local_teacher(tmp_path_factory):
 def test_five_sparsities_score_once(local_teacher, tmp_path):
     """The production path (student.pruned → scores_for → PrunerModule) scores a teacher once
     per (teacher, data, N): five sparsities cost N forward passes, another N costs its own."""
-    from capgap.prune.student import pruned
+    from capgap.prune.student import Scoring, pruned
     root, corpus, teacher, tok = local_teacher
     passes = []
     hook = teacher.base_model.register_forward_pre_hook(lambda *a: passes.append(1))  # scoring runs the base model
 
-    def cfg(sparsity, n_batches):
+    def prune_at(sparsity, n_batches):
         with initialize_config_dir(str(CONF), version_base="1.3"):
-            return compose("config", overrides=[
+            c = compose("config", overrides=[
                 f"teacher.path={root / 'teacher'}", "data=local", f"data.path={corpus}", "data.val_fraction=0.2",
                 "prune=expressiveness", f"prune.sparsity={sparsity}", f"prune.n_batches={n_batches}",
                 "prune.batch_size=2", "prune.block_size=16", "trainer=cpu", "trainer.enable_progress_bar=false",
                 f"paths.cache_dir={tmp_path / 'cache'}", f"paths.run_dir={tmp_path / 'run'}"])
+        return pruned(c.prune, c.student.size, teacher, tok, Scoring.of(c, tok))
+
     try:
         for p in (0.1, 0.3, 0.5, 0.6, 0.8):
-            student, plan = pruned(cfg(p, 4), teacher, tok)
+            student, plan = prune_at(p, 4)
             assert student.num_parameters() < teacher.num_parameters()
         assert len(passes) == 4  # N batches, once
         assert len([e for e in (tmp_path / "cache" / "scores").iterdir() if e.is_dir() and e.name != ".locks"]) == 1  # one entry
-        pruned(cfg(0.5, 2), teacher, tok)  # another N: another key
+        prune_at(0.5, 2)  # another N: another key
         assert len(passes) == 6
     finally:
         hook.remove()
     assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
     with pytest.raises(CapgapError, match=r"^prune\.n_batches=0 must be at least 1$"):
-        pruned(cfg(0.5, 0), teacher, tok)
+        prune_at(0.5, 0)
     with pytest.raises(CapgapError, match=r"^prune\.n_batches=999 is more than the corpus gives"):
-        pruned(cfg(0.5, 999), teacher, tok)
+        prune_at(0.5, 999)
 
 
 def test_baselines_and_block_influence(tiny_model):

@@ -129,11 +129,11 @@ def strategy(d) -> dict:
     return s
 
 
-def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None) -> dict:
-    """Swap dm's training blocks for the transfer set the strategy asks for; info for metrics.
+def apply_strategy(d, dm, teacher, teacher_key: str, *, seed: int, cache_dir, tokens: int | None = None) -> dict:
+    """Swap dm's training blocks for the transfer set the `distill` settings `d` ask for; info
+    for metrics. `teacher_key` names the teacher's weights (a generated set's cache entry).
     `tokens`: the distillation budget (capgap.runtime.budget.token_budget; None while it waits on a
     student size not known before the student is made)."""
-    d = cfg.distill
     s = strategy(d)
     if s["name"] == "confident":
         fraction = float(s.get("fraction", 0.5))
@@ -155,14 +155,14 @@ def apply_strategy(cfg, dm, teacher, teacher_key: str, tokens: int | None = None
         settings = {"prompt_tokens": int(s.get("prompt_tokens", 8)),
                     "temperature": float(s.get("temperature", 1.0))}
         key = {"teacher": teacher_key, "data": str(dm.folder), "block": d.block_size, "n": n,
-               "seed": cfg.seed, **settings}
+               "seed": seed, **settings}
         # rank 0 samples them on its own (sampling on N ranks would draw N sets); the rest load them
         with distributed.current().zero_first():
             blocks, made = cached_blocks(
-                generated_path(cfg.paths.cache_dir, key),
+                generated_path(cache_dir, key),
                 lambda: generate_blocks(teacher, dm.train_set, n, block_size=d.block_size,
                                         eos_id=dm.meta["eos_token_id"], batch_size=d.batch_size,
-                                        seed=cfg.seed, **settings))
+                                        seed=seed, **settings))
         dm.train_set = dm.train_override = TokenBlocks(blocks)
         return {"transfer_blocks": len(blocks), "transfer_generated": made}
     return {}

@@ -14,15 +14,15 @@ when it has one.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from capgap.distill.config import from_config
 from capgap.law.studies import DEFAULT, config_hash
-from capgap.models.identity import teacher_id
 from capgap.models.params import count_params
-from capgap.prune.student import make_student, target_size
+from capgap.prune.student import Scoring, make_student, target_size
 from capgap.runtime import training
 from capgap.runtime.budget import token_budget
 from capgap.runtime.errors import CapgapError
@@ -74,7 +74,7 @@ def assistant_sizes(d, teacher_params: int, student_params: int, ratio=None) -> 
     return sizes[::-1]
 
 
-def planned_sizes(cfg, teacher) -> list[int]:
+def planned_sizes(cfg, teacher, how: Scoring) -> list[int]:
     """assistant_sizes for this config and loaded teacher."""
     d = cfg.distill
     if not d.get("chain") and d.get("assistants") in (None, "none", "off"):
@@ -83,22 +83,23 @@ def planned_sizes(cfg, teacher) -> list[int]:
         raise CapgapError(f"distill.chain/assistants prune each stage from the one before; "
                           f"student.init={cfg.student.init} (use student=pruned)")
     t = count_params(teacher)["total"]
-    s = target_size(cfg, teacher) or int(t * (1 - cfg.prune.sparsity))
+    s = target_size(cfg.student.get("size"), teacher, how.label) or int(t * (1 - cfg.prune.sparsity))
     study = cfg.get("study") or DEFAULT
     return assistant_sizes(d, t, s, ratio=lambda: law_ratio(cfg.store.get("url"), s, study))
 
 
-def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes: list[int],
+def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes: list[int], how: Scoring,
               log_every: int = 10):
-    """Distill each assistant from the model before it. Returns (last assistant, its score-cache
-    key, one dict per stage)."""
+    """Distill each assistant from the model before it. Returns (last assistant, the Scoring
+    that names it, one dict per stage)."""
     d = cfg.distill
     per_step = training.tokens_per_step(cfg.trainer, dm.tokens_per_batch)
-    current, key, stages = teacher, None, []
-    base_id = teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer)
+    current, current_how, stages = teacher, how, []
+    # each assistant is pruned to its size with uniform widths (a chain's stages share a shape)
+    stage_prune = OmegaConf.merge(cfg.prune, {"ranking": "uniform"})
     for i, size in enumerate(sizes, 1):
-        stage_cfg = OmegaConf.merge(cfg, {"student": {"size": size}, "prune": {"ranking": "uniform"}})
-        student, info = make_student(stage_cfg, current, tokenizer, teacher_key=key)
+        stage_student = OmegaConf.merge(cfg.student, {"size": size})
+        student, info = make_student(stage_student, stage_prune, current, tokenizer, current_how)
         steps = training.steps_for(token_budget(d, info["student_params"]), dm.tokens_per_batch, cfg.trainer)
         announce("distilling", f"assistant {i}/{len(sizes)}, {info['student_params']:,} parameters, "
                                f"on {steps * per_step:,} tokens")
@@ -113,5 +114,6 @@ def run_chain(cfg, teacher, tokenizer, dm, run_dir: Path, ckpt_dir: Path, sizes:
               f"held-out loss {res['val/loss']:.4f}")
         current = module.model
         # the assistant's weights depend on everything in the config: its scores are its own
-        key = f"{base_id}|chain:{config_hash(cfg)}:assistant{i}"
-    return current, key, stages
+        current_how = replace(how, key=f"{how.key}|chain:{config_hash(cfg)}:assistant{i}",
+                              label=f"{how.label}'s assistant {i}")
+    return current, current_how, stages

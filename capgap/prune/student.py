@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,48 +31,65 @@ from capgap.runtime.terminal import announce
 from capgap.runtime.training import build_trainer
 
 
-def target_size(cfg, teacher) -> int | None:
-    """student.size as a parameter count, checked against the teacher; None means by sparsity."""
-    if cfg.student.get("size") in (None, ""):
+@dataclass(frozen=True)
+class Scoring:
+    """What making a student reads besides the student and prune settings: the teacher's
+    corpus and where its cache lives, the trainer that runs the teacher, the seed, and the
+    teacher's names (`key` for cache entries, models.identity.teacher_id; `label` for errors,
+    models.teacher_name). A chain replaces the teacher's names with each assistant's."""
+    data: Any
+    cache_dir: str
+    trainer: Any
+    seed: int
+    key: str
+    label: str
+
+    @classmethod
+    def of(cls, cfg, tokenizer) -> "Scoring":
+        """The one place the job's whole config is read (by the tasks that make students)."""
+        return cls(data=cfg.data, cache_dir=str(cfg.paths.cache_dir), trainer=cfg.trainer, seed=cfg.seed,
+                   key=teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer),
+                   label=teacher_name(cfg.teacher))
+
+
+def target_size(size, teacher, label: str) -> int | None:
+    """student.size as a parameter count, checked against `teacher` (named `label` in the
+    error); None means by sparsity."""
+    if size in (None, ""):
         return None
-    size = parse_size(cfg.student.size)
+    n = parse_size(size)
     teacher_size = count_params(teacher)["total"]
-    if size >= teacher_size:
-        raise CapgapError(f"student.size={cfg.student.size} is not below the teacher's "
-                          f"{teacher_size:,} parameters (teacher={teacher_name(cfg.teacher)})")
-    return size
+    if n >= teacher_size:
+        raise CapgapError(f"student.size={size} is not below the teacher's "
+                          f"{teacher_size:,} parameters (teacher={label})")
+    return n
 
 
-def scoring_data(cfg, tokenizer) -> CorpusDataModule:
-    p = cfg.prune
-    dm = CorpusDataModule(tokenizer, cfg.data, cfg.paths.cache_dir, batch_size=p.batch_size,
-                          block_size=p.block_size, seed=cfg.seed)
+def scoring_data(p, tokenizer, how: Scoring) -> CorpusDataModule:
+    dm = CorpusDataModule(tokenizer, how.data, how.cache_dir, batch_size=p.batch_size,
+                          block_size=p.block_size, seed=how.seed)
     dm.setup()
     return dm
 
 
-def scores_for(cfg, teacher, tokenizer, teacher_key: str | None = None):
-    """Expressiveness scores through PrunerModule (cached per teacher, data and N); the
-    baselines need no data. `teacher_key` names a teacher that is not cfg.teacher (a chain's
-    assistant), so its scores get their own cache entry.
+def scores_for(p, teacher, tokenizer, how: Scoring):
+    """Scores of the `prune` settings `p`: expressiveness through PrunerModule (cached per
+    teacher, data and N); the baselines need no data.
 
     PrunerModule is the one way expressiveness scores are made: the Trainer already places
     the teacher on the device, runs it in the configured precision and under DDP across
     ranks, and shows a progress bar; a plain loop would redo each of those."""
-    p = cfg.prune
     if p.method != "expressiveness":
-        return baseline_scores(teacher, p.method, cfg.seed)
+        return baseline_scores(teacher, p.method, how.seed)
     if p.n_batches < 1:
         raise CapgapError(f"prune.n_batches={p.n_batches} must be at least 1")
-    data_id = f"{cache_key(tokenizer, cfg.data)}:b{p.batch_size}x{p.block_size}:s{cfg.seed}"
-    path = cache_path(teacher_key or teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer), data_id, p.n_batches,
-                      method="expressiveness", root=cfg.paths.cache_dir)
-    return cached_scores(path, lambda: _score(cfg, teacher, tokenizer))
+    data_id = f"{cache_key(tokenizer, how.data)}:b{p.batch_size}x{p.block_size}:s{how.seed}"
+    path = cache_path(how.key, data_id, p.n_batches, method="expressiveness", root=how.cache_dir)
+    return cached_scores(path, lambda: _score(p, teacher, tokenizer, how))
 
 
-def _score(cfg, teacher, tokenizer):
-    p = cfg.prune
-    loader = scoring_data(cfg, tokenizer).train_dataloader()  # no Trainer yet: the whole stream
+def _score(p, teacher, tokenizer, how: Scoring):
+    loader = scoring_data(p, tokenizer, how).train_dataloader()  # no Trainer yet: the whole stream
     if len(loader) < p.n_batches:
         raise CapgapError(f"prune.n_batches={p.n_batches} is more than the corpus gives "
                           f"({len(loader)} batches of {p.batch_size}x{p.block_size})")
@@ -86,20 +105,21 @@ def _score(cfg, teacher, tokenizer):
     module = PrunerModule(teacher, n_batches=per_rank)  # the cache entry saves them, not the module
     # no weight moves, so nothing to clip, accumulate, checkpoint or validate; the teacher
     # stays on the device for the passes that follow
-    trainer = build_trainer(cfg.trainer, max_epochs=1, limit_train_batches=per_rank, logger=False,
+    trainer = build_trainer(how.trainer, max_epochs=1, limit_train_batches=per_rank, logger=False,
                             enable_checkpointing=False, gradient_clip_val=None, limit_val_batches=0,
                             accumulate_grad_batches=1)
     trainer.fit(module, train_dataloaders=DataLoader(mine, batch_size=None))
     return module.scores
 
 
-def pruned(cfg, teacher, tokenizer, teacher_key=None):
-    p = cfg.prune
-    size = target_size(cfg, teacher)
-    scores = scores_for(cfg, teacher, tokenizer, teacher_key)
+def pruned(p, size, teacher, tokenizer, how: Scoring):
+    """The teacher pruned by the `prune` settings `p` to `size` (student.size), or to
+    p.sparsity when no size is set: (student, plan)."""
+    size = target_size(size, teacher, how.label)
+    scores = scores_for(p, teacher, tokenizer, how)
     influence = None
     if p.layer_drop == "block_influence":
-        dm = scoring_data(cfg, tokenizer)
+        dm = scoring_data(p, tokenizer, how)
         influence = block_influence(teacher, dm.train_dataloader(), p.n_batches)
     announce("pruning", f"{p.method} plan to {f'{size:,} parameters' if size else f'sparsity {p.sparsity}'}")
     plan = make_plan(teacher, scores, sparsity=None if size else p.sparsity, size=size,
@@ -109,17 +129,19 @@ def pruned(cfg, teacher, tokenizer, teacher_key=None):
     return slice_model(teacher, plan), plan
 
 
-def make_student(cfg, teacher, tokenizer, teacher_key=None) -> tuple[torch.nn.Module, dict]:
-    """(student, info): info has the plan (pruned students) and the student's sizes."""
-    init = cfg.student.init
+def make_student(student_cfg, prune_cfg, teacher, tokenizer, how: Scoring) -> tuple[torch.nn.Module, dict]:
+    """(student, info) by the `student` settings: info has the plan (pruned students) and the
+    student's sizes."""
+    init = student_cfg.init
     plan = None
     if init == "pruned":
-        student, plan = pruned(cfg, teacher, tokenizer, teacher_key)
+        student, plan = pruned(prune_cfg, student_cfg.get("size"), teacher, tokenizer, how)
     elif init == "scratch":
-        size = target_size(cfg, teacher) or int(count_params(teacher)["total"] * (1 - cfg.prune.sparsity))
-        student = scratch_model(teacher, cfg.student.get("arch"), size, cfg.seed)
+        size = target_size(student_cfg.get("size"), teacher, how.label) or int(
+            count_params(teacher)["total"] * (1 - prune_cfg.sparsity))
+        student = scratch_model(teacher, student_cfg.get("arch"), size, how.seed)
     elif init == "path":
-        path = Path(cfg.student.path)
+        path = Path(student_cfg.path)
         if not (path / "config.json").is_file():
             raise CapgapError(f"student.path={path} is not a checkpoint folder (no config.json)")
         student = load_pruned(path)

@@ -18,12 +18,11 @@ from capgap.distill.finetune import finetune, finetune_settings
 from capgap.eval import harness
 from capgap.law.studies import config_hash
 from capgap.models import teacher_name
-from capgap.models.identity import teacher_id
 from capgap.models.zoo import load_tokenizer
 from capgap.pretrain.teachers import load_teacher
 from capgap.prune.plan import Plan
 from capgap.prune.slicing import PLAN_FILE
-from capgap.prune.student import make_student, size_info
+from capgap.prune.student import Scoring, make_student, size_info
 from capgap.runtime import distributed, sharding, training
 from capgap.runtime.budget import token_budget
 from capgap.runtime.resume import claim
@@ -77,19 +76,21 @@ def _run(cfg, run_dir, ckpt_dir: Path, callbacks) -> dict:
     device = training.device_for(cfg.trainer)
     teacher.to(device)
     precision = training.autocast_for(cfg.trainer, device)
+    how = Scoring.of(cfg, tokenizer)
     # the transfer set (generated or teacher-selected blocks) is fixed before any stage trains
     with precision:
-        transfer = apply_strategy(cfg, dm, teacher, teacher_id(cfg.teacher, cfg.pretrain, cfg.paths.cache_dir, tokenizer), tokens=planned_tokens)
+        transfer = apply_strategy(d, dm, teacher, how.key, seed=cfg.seed, cache_dir=cfg.paths.cache_dir,
+                                  tokens=planned_tokens)
     job = distributed.current()
     resumed = job.broadcast(training.has_checkpoint(ckpt_dir / "last.ckpt"))
     log_every = cfg.trainer.get("log_every_n_steps", 10)
     # a teacher-assistant chain distills its assistants first; the last one teaches the student
-    source, source_key, chain = teacher, None, []
-    sizes = job.broadcast(planned_sizes(cfg, teacher) if job.is_zero else None)  # it may read the store
+    source, source_how, chain = teacher, how, []
+    sizes = job.broadcast(planned_sizes(cfg, teacher, how) if job.is_zero else None)  # it may read the store
     if sizes:
-        source, source_key, chain = run_chain(cfg, teacher, tokenizer, dm, run_dir, ckpt_dir, sizes, log_every)
+        source, source_how, chain = run_chain(cfg, teacher, tokenizer, dm, run_dir, ckpt_dir, sizes, how, log_every)
     with precision:
-        student, info = make_student(cfg, source, tokenizer, teacher_key=source_key)
+        student, info = make_student(cfg.student, cfg.prune, source, tokenizer, source_how)
     plan = student_plan(cfg, info)
     info.pop("plan", None)
     if chain:  # make_student measured against the last assistant; the store wants the real teacher

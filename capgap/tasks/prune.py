@@ -12,7 +12,7 @@ from capgap.models.zoo import load_tokenizer
 from capgap.pretrain.lm_module import evaluate
 from capgap.pretrain.teachers import load_teacher
 from capgap.prune.slicing import is_uniform, save_pruned
-from capgap.prune.student import make_student
+from capgap.prune.student import Scoring, make_student
 from capgap.prune.summary import summary
 from capgap.runtime import distributed
 from capgap.runtime.atomic import atomic_dir
@@ -57,7 +57,7 @@ def run(cfg, run_dir) -> dict:
     start = time.perf_counter()
     dm = eval_data(cfg, load_tokenizer(cfg.teacher, cfg.paths.cache_dir))
     teacher, tokenizer = load_teacher(cfg.teacher, cfg.pretrain, cfg.trainer, cfg.paths.cache_dir, cfg.get("logger"))
-    student, info = make_student(cfg, teacher, tokenizer)
+    student, info = make_student(cfg.student, cfg.prune, teacher, tokenizer, Scoring.of(cfg, tokenizer))
     plan = info.pop("plan")
     table, scalars = summary(teacher, student, plan)
     announce("evaluating", "teacher and student on the held-out split")
