@@ -26,8 +26,8 @@ ALLOWED = {
     "capgap.prune": ("capgap.data", "capgap.models", "capgap.pretrain"),
     # the law: an assistant chain spaces its teachers at the fitted ratio T*/S
     "capgap.distill": ("capgap.data", "capgap.models", "capgap.pretrain", "capgap.prune", "capgap.law"),
-    # the law fits numbers from the store: no torch model code (its two Lightning/Hydra
-    # callbacks import the runtime only)
+    # the law fits numbers from the store: no torch model code (tests/test_law_cli.py imports the
+    # whole package without torch; task=study's Lightning callback that writes a row is in tasks/)
     "capgap.law": (),
     # benchmarks take a model object and return figures: no training, tasks or law code
     "capgap.eval": (),

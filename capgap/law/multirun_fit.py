@@ -1,6 +1,6 @@
 """Hydra's callbacks (conf/config.yaml hydra.callbacks). Hydra instantiates them before the
 first job of every run and multirun, so this module imports nothing heavy at import time:
-importing Lightning here (capgap.law.store_callback has the Lightning ones) cost each `run.py -m`
+importing Lightning here (capgap.tasks.store_callback has the Lightning ones) cost each `run.py -m`
 about 17 s before anything started."""
 
 from __future__ import annotations

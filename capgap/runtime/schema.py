@@ -407,7 +407,8 @@ def _check_choices(overrides, conf) -> None:
     """One line for an unknown option of a config group (Hydra prints twenty)."""
     for o in overrides:
         group = conf / o.key_or_group
-        if not group.is_dir() or o.is_delete():
+        # hydra/*: Hydra and its plugins have options of their own (hydra/job_logging=disabled)
+        if not group.is_dir() or o.is_delete() or o.key_or_group.startswith("hydra/"):
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() and o.value_type.name in (
             "SIMPLE_CHOICE_SWEEP", "CHOICE_SWEEP") else [o.get_value_element_as_str()]

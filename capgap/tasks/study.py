@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from capgap.eval import harness
 from capgap.law import store as law_store
-from capgap.law.store_callback import StoreCallback, git_commit
+from capgap.tasks.store_callback import StoreCallback, git_commit
 from capgap.law.studies import DEFAULT, check_name, config_hash
 from capgap.models import teacher_name
 from capgap.runtime.errors import CapgapError

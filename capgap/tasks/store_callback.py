@@ -1,5 +1,7 @@
-"""The Lightning callback that connects a run to the law: one row per finished run in the
-store. The fit of the law when a multirun ends is Hydra's callback, in capgap.law.multirun_fit."""
+"""The Lightning callback that connects a task=study run to the law: one row per finished run
+in the store (capgap.law.store). It lives with the tasks, not beside the store, because the law
+package imports no torch (`capgap fit` starts in a second); the fit of the law when a multirun
+ends is Hydra's callback, in capgap.law.multirun_fit."""
 
 from __future__ import annotations
 
