@@ -128,3 +128,16 @@ def test_the_docs_list_every_key_of_the_schema():
     assert schema.keys_markdown() in page, (
         "docs/configuration.md's key list differs from the schema: paste `python -m capgap.runtime.schema`")
     assert "| `distill.lr` | float |" in schema.keys_markdown()
+
+
+def test_a_config_read_back_from_yaml_gets_the_same_types_and_checks():
+    """A job's other ranks read its resolved config from YAML (capgap.tasks.__main__): plain, so
+    typed lays it over the schema and checks it as rank 0's."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.create(OmegaConf.to_yaml(compose_with("store.url=/s"), resolve=True))
+    job = schema.typed(plain)
+    assert isinstance(job, schema.Config) and isinstance(job.trainer, schema.TrainerConfig)
+    plain.distill.lr = "abc"
+    with pytest.raises(CapgapError, match=r"^distill\.lr: "):
+        schema.typed(plain)

@@ -291,6 +291,13 @@ def typed(cfg) -> Config:
     from omegaconf import OmegaConf
 
     check_keys(cfg)
+    if OmegaConf.get_type(cfg) is not Config:
+        # a config read back from YAML (a job's other ranks, capgap.tasks.__main__) is plain:
+        # laid over the schema it gets the same checks and types as rank 0's
+        try:
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        except Exception as e:  # OmegaConf's ValidationError and kin, with the key named
+            raise CapgapError(_one_line(e)) from None
     return OmegaConf.to_object(cfg)
 
 
