@@ -141,3 +141,16 @@ def test_the_layer_rule_can_fail():
     assert "capgap.distill" not in (RUNTIME,) + ALLOWED[RUNTIME]
     assert "capgap.tasks" not in ALLOWED["capgap.distill"]
     assert "capgap.distill" not in ALLOWED["capgap.models"]
+
+
+def test_paths_made_from_file_still_point_where_they_mean():
+    """Modules that find the checkout or the package from their own file: a move into a
+    subpackage (issue 19) once left soak and ablate looking for capgap/run.py."""
+    from capgap.commands import ablate, bench, soak
+    from capgap.runtime import confdir, distributed, terminal
+
+    checkout = PKG.parent
+    assert soak.ROOT == ablate.ROOT == checkout and (checkout / "run.py").is_file()
+    assert Path(bench._root()) == distributed.IMPORT_ROOT == checkout  # where `import capgap` finds PKG
+    assert Path(terminal.PACKAGE) == PKG
+    assert confdir.conf_dir() == checkout / "conf"

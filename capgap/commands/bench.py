@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 VARIANTS = ("naive", "chunked")
 # 16 × 2048 tokens at Pythia's vocabulary: naive logits alone are 6.6 GB in fp32, so CPUs get a
@@ -118,7 +119,8 @@ def run_child(argv, args, variant, pinned=()):
 
 
 def _root():
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The folder capgap is imported from (capgap/commands/ is two levels below it)."""
+    return str(Path(__file__).resolve().parents[2])
 
 
 def measure(args):

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: run.py is there
 TEACHERS = ("micro_xs", "micro_s")
 SIZES = ("150K", "200K", "250K")
 # tiny budgets: the soak checks that kills lose nothing, not what the law says

@@ -47,6 +47,7 @@ BEAT_S = 1.0
 STALE_S = float(os.environ.get("CAPGAP_RANK_TIMEOUT", 30))
 GRACE_S = 10.0  # what a rank's own failure path gets before the watchdog ends it
 CHILD = "CAPGAP_JOB"  # names the job a child rank belongs to (set only in children's env)
+IMPORT_ROOT = Path(__file__).resolve().parents[2]  # the folder capgap is imported from: the children's PYTHONPATH
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,7 @@ def _children(topo: Topology, cfg, port: int, key: str) -> tuple[list[subprocess
     fd, path = tempfile.mkstemp(prefix="capgap-job-", suffix=".yaml")
     with os.fdopen(fd, "w") as f:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(IMPORT_ROOT)
     procs = []
     for local in range(1, topo.local_world_size):
         env = dict(os.environ, LOCAL_RANK=str(local), NODE_RANK=str(topo.node_rank), MASTER_ADDR=topo.address,

@@ -27,7 +27,7 @@ BENIGN = (
     "The number of training batches",         # short runs log less often than log_every_n_steps
     "when logging on epoch level in distributed",  # the epoch metrics are torchmetrics, synced in compute()
 )
-PACKAGE = str(Path(__file__).resolve().parent)
+PACKAGE = str(Path(__file__).resolve().parents[1])  # capgap/: its own warnings are shown
 
 _title = "training"
 
