@@ -60,7 +60,9 @@ class Server:
     def _run(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if self.as_root:
-            cmd = ["runuser", "-u", USER, "--", *cmd]
+            # sbin is not on every PATH (a login shell's is, a CI runner's may not be)
+            runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin") or "runuser"
+            cmd = [runuser, "-u", USER, "--", *cmd]
         env = dict(os.environ, LC_ALL="C", LANG="C")
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                              cwd=self.root)
