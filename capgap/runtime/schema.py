@@ -13,6 +13,8 @@ int and str; `Config.__post_init__` parses them when a task turns the config int
 
 from __future__ import annotations
 
+import functools
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
@@ -86,7 +88,7 @@ class IntermediateConfig:
 
 @dataclass
 class FinetuneConfig:
-    tokens: Any = 0
+    tokens: int = 0
     lr_scale: float = 0.1
 
 
@@ -234,6 +236,8 @@ class PretrainConfig:
 
 
 TASKS = ("study", "pretrain", "evaluate", "prune", "distill")
+# parameter and token counts people write as 300K or 1.2B (capgap.runtime.sizes parses them)
+SIZE_KEYS = ("student.size", "distill.tokens", "distill.global_batch_tokens", "data.max_tokens")
 
 
 @dataclass
@@ -259,9 +263,10 @@ class Config:
         from capgap.runtime.sizes import parse_size
 
         check_task(self.task)
-        for key, value in (("student.size", self.student.size), ("distill.tokens", self.distill.tokens),
-                           ("distill.global_batch_tokens", self.distill.global_batch_tokens),
-                           ("data.max_tokens", self.data.max_tokens)):
+        for key in SIZE_KEYS:
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
             if value is not None:
                 try:
                     parse_size(value)
@@ -304,8 +309,6 @@ def typed(cfg) -> Config:
 def check_keys(cfg) -> None:
     """Refuse a key the schema lacks. Hydra's `+key=value` adds one to a typed node all the
     same (it forces the add), and OmegaConf.to_object then drops it without a word."""
-    import difflib
-
     from omegaconf import DictConfig
 
     known = keys()
@@ -321,30 +324,41 @@ def check_keys(cfg) -> None:
             if isinstance(child, DictConfig) and any(n.startswith(key + ".") for n in known):
                 walk(child, key + ".")
                 continue
-            near = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {near[0]}?" if near else ""
-            raise CapgapError(f"{key} is not a key of the config{hint} (every key: docs/configuration.md)")
+            raise CapgapError(_not_a_key(key))
 
     walk(cfg, "")
 
 
-def keys(cls=Config, prefix: str = "") -> dict[str, Any]:
-    """Every key of the schema, dotted, with its type: the option list docs/configuration.md
-    shows (tests/test_schema.py checks the page against it)."""
+@functools.cache
+def keys(cls=Config, prefix: str = "") -> dict[str, str]:
+    """Every key of the schema, dotted, with its type as written in the class: the option list
+    docs/configuration.md shows (tests/test_schema.py checks the page against it)."""
     out = {}
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        t = f.type
-        inner = _dataclass_of(t)
-        if inner is not None and f.name != "config":
+        # a group's node (LossConfig), or an optional one (logger: Optional[LoggerConfig])
+        inner = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if is_dataclass(t)), None)
+        if inner is not None:
             out.update(keys(inner, f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = t
+            out[f"{prefix}{f.name}"] = f.type
     return out
 
 
-def _dataclass_of(t):
-    cls = globals().get(str(t).removeprefix("Optional[").removesuffix("]"))
-    return cls if is_dataclass(cls) else None
+def _not_a_key(key: str) -> str:
+    """The line for a key the schema lacks: the nearest key, else what its parent holds."""
+    import difflib
+
+    parent = key.rpartition(".")[0]
+    known = [k for k in keys() if k.rpartition(".")[0] == parent]
+    near = difflib.get_close_matches(key, known, n=1)
+    if near:
+        hint = f"; did you mean {near[0]}?"
+    elif known:
+        hint = f"; {parent or 'the config'} has: " + ", ".join(k.rpartition(".")[2] for k in known)
+    else:  # a free-form node (teacher.config): Hydra adds keys to it with +
+        hint = f"; to add it to {parent}, write +{key}=VALUE"
+    return f"{key} is not a key of the config{hint} (every key: docs/configuration.md)"
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -375,17 +389,13 @@ def check_overrides(argv: list[str]) -> None:
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = _compose(compose, base, return_hydra_config=True)
-        check_keys(cfg)
-        check_task(cfg.task)
         params = cfg.hydra.sweeper.get("params") or {}
         preset = parser.parse_overrides([f"{k}={v}" for k, v in params.items()
                                          if not any(o.key_or_group == k for o in overrides)])
         _check_choices(preset, conf)
         more = _variants(preset)[1]
         for variant in variants + [base + v for v in more]:
-            cfg = _compose(compose, variant)
-            check_keys(cfg)
-            check_task(cfg.task)
+            _compose(compose, variant)
 
 
 def _variants(overrides) -> tuple[list[str], list[list[str]]]:
@@ -431,14 +441,15 @@ def _compose(compose, overrides: list[str], **kw):
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return compose("config", overrides=overrides, **kw)
+        cfg = compose("config", overrides=overrides, **kw)
     except (HydraException, OmegaConfBaseException) as e:
         raise CapgapError(_one_line(e)) from None
+    check_keys(cfg)
+    check_task(cfg.task)
+    return cfg
 
 
 def _one_line(e: BaseException) -> str:
-    import difflib
-
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     cause = e
@@ -448,21 +459,8 @@ def _one_line(e: BaseException) -> str:
     if key is None:
         return str(e).splitlines()[0]
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in" in str(cause.msg):
-        parent, _, name = key.rpartition(".")
-        known = [k for k in keys() if k.rpartition(".")[0] == parent]
-        near = difflib.get_close_matches(key, known, n=1)
-        if near:
-            hint = f"; did you mean {near[0]}?"
-        elif known:
-            hint = f"; {parent or 'the config'} has: " + ", ".join(k.rpartition(".")[2] for k in known)
-        else:  # a free-form node (teacher.config): Hydra adds keys to it with +
-            hint = f"; to add it to {parent}, write +{key}=VALUE"
-        return f"{key} is not a key of the config{hint} (every key: docs/configuration.md)"
+        return _not_a_key(key)
     return f"{key}: {str(cause.msg).splitlines()[0]}"
-
-
-SIZE_KEYS = ("student.size", "distill.tokens", "distill.global_batch_tokens", "distill.finetune.tokens",
-             "data.max_tokens")
 
 
 def _type_name(key: str, t) -> str:
